@@ -1,0 +1,14 @@
+/* The operator's CLI: one entry per command group, each in its own file.
+ * Each returns the process exit code (0 ok, 1 failure, 2 usage) and prints
+ * errors as one clear line on stderr: "flotilla: <what>: <why>". */
+#ifndef FLOTILLA_CLI_H
+#define FLOTILLA_CLI_H
+
+int cli_key_main(int argc, char **argv);     /* flotilla key ... */
+int cli_keyring_main(int argc, char **argv); /* flotilla keyring ... */
+int cli_bundle_main(int argc, char **argv);  /* flotilla bundle ... */
+
+/* Print "flotilla: " + message + ": " + fl_strerror(err) to stderr. */
+void cli_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,48 @@
+/* flotilla: the operator's command line. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include <flotilla/error.h>
+#include <flotilla/log.h>
+
+void cli_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+	fputs("flotilla: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (err)
+		fprintf(stderr, ": %s", fl_strerror(err));
+	fputc('\n', stderr);
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: flotilla COMMAND [ARGS]\n"
+	      "\n"
+	      "  key generate OUT.pem [--public OUT.pub.pem]   make an ECDSA P-256 key\n"
+	      "  keyring create|sign|verify ...               root-signed delegation of release keys\n"
+	      "  bundle create|sign|verify|inspect|diff ...    signed model bundles\n"
+	      "\n"
+	      "Run 'flotilla COMMAND --help' for a command's options.\n",
+	      f);
+}
+
+int main(int argc, char **argv)
+{
+	fl_log_init("flotilla");
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "flotilla: unknown command '%s' (try 'flotilla --help')\n", cmd);
+	return 2;
+}
