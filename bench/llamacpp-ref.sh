@@ -14,7 +14,7 @@
 #          OpenSSL/curl, no web UI download)
 # Binaries in $CACHE/llama.cpp-build/bin:
 #   llama-completion llama-cli llama-simple llama-bench llama-tokenize
-#   llama-eval-callback test-tokenizer-0 llama-server (unless --no-server)
+#   llama-eval-callback llama-debug test-tokenizer-0 llama-server (unless --no-server)
 #   llref  (bench/conformance/llref.c: greedy token ids + final logits)
 # Idempotent: when the stamp matches (same source commit, same llref.c) it only
 # prints the bin path. Exit 1 with one "llamacpp-ref: error: ..." line on failure.
@@ -40,11 +40,15 @@ BIN=$BUILD/bin
 STAMP=$BUILD/.flotilla-built
 LLREF_C=$HERE/conformance/llref.c
 
+core_targets="llama llama-common llama-completion llama-cli llama-simple llama-bench llama-tokenize llama-eval-callback llama-debug test-tokenizer-0"
 commit=$(sed -n 's/^commit=//p' "$SRC/.flotilla-fetched")
 llref_sum=$(sha256sum "$LLREF_C" 2>/dev/null | cut -d' ' -f1)
-want_stamp="commit=$commit native=$NATIVE server=$WITH_SERVER llref=$llref_sum"
+want_stamp="commit=$commit native=$NATIVE server=$WITH_SERVER llref=$llref_sum targets=$core_targets"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && [ -x "$BIN/llref" ]; then
+have_stamp=$(cat "$STAMP" 2>/dev/null)
+# a build with the server also satisfies a --no-server request
+if [ -x "$BIN/llref" ] && { [ "$have_stamp" = "$want_stamp" ] ||
+        [ "$have_stamp" = "${want_stamp/server=0/server=1}" ]; }; then
     echo "$BIN"
     exit 0
 fi
@@ -72,7 +76,6 @@ if [ ! -f "$BUILD/CMakeCache.txt" ] || ! grep -q "GGML_NATIVE:BOOL=$NATIVE" "$BU
         || die "cmake configure failed: see $BUILD/configure.log"
 fi
 
-core_targets="llama llama-common llama-completion llama-cli llama-simple llama-bench llama-tokenize llama-eval-callback test-tokenizer-0"
 log "building: $core_targets (-j$JOBS, log $BUILD/build.log)"
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$JOBS" --target $core_targets </dev/null >"$BUILD/build.log" 2>&1 \

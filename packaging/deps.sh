@@ -6,8 +6,8 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   libpaho-mqtt-dev libssl-dev libmbedtls-dev libarchive-dev libsqlite3-dev
-  libcmocka-dev libcjson-dev libmicrohttpd-dev libcurl4-openssl-dev
-  mosquitto mosquitto-clients sqlite3 curl git ca-certificates xxd
+  libcmocka-dev libcjson-dev libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev
+  mosquitto mosquitto-clients sqlite3 curl git ca-certificates xxd jq
 )
 # Tools that may come from elsewhere (nodejs from NodeSource ships npm):
 # install the Debian package only when the command is missing.

@@ -35,19 +35,49 @@ static int prescan(const char *buf, size_t len, int max_depth)
 	return 0;
 }
 
-static bool has_duplicate_keys(const cJSON *node)
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Objects of any size: sort the member names and compare neighbours
+ * (O(n log n); a quadratic scan would let one big object burn CPU). */
+static int object_has_duplicates(const cJSON *obj)
+{
+	size_t n = 0;
+	for (const cJSON *m = obj->child; m; m = m->next)
+		n++;
+	if (n < 2)
+		return 0;
+	const char **names = malloc(n * sizeof(*names));
+	if (!names)
+		return -ENOMEM;
+	size_t i = 0;
+	for (const cJSON *m = obj->child; m; m = m->next)
+		names[i++] = m->string ? m->string : "";
+	qsort(names, n, sizeof(*names), cmp_str);
+	int dup = 0;
+	for (i = 1; i < n && !dup; i++)
+		dup = !strcmp(names[i - 1], names[i]);
+	free(names);
+	return dup;
+}
+
+static int has_duplicate_keys(const cJSON *node)
 {
 	for (; node; node = node->next) {
 		if (cJSON_IsObject(node)) {
-			for (const cJSON *a = node->child; a; a = a->next)
-				for (const cJSON *b = a->next; b; b = b->next)
-					if (a->string && b->string && !strcmp(a->string, b->string))
-						return true;
+			int r = object_has_duplicates(node);
+			if (r)
+				return r;
 		}
-		if (node->child && has_duplicate_keys(node->child))
-			return true;
+		if (node->child) {
+			int r = has_duplicate_keys(node->child);
+			if (r)
+				return r;
+		}
 	}
-	return false;
+	return 0;
 }
 
 int fl_json_parse(const char *buf, size_t len, size_t max_bytes, int max_depth, cJSON **ret)
@@ -68,9 +98,10 @@ int fl_json_parse(const char *buf, size_t len, size_t max_bytes, int max_depth, 
 			cJSON_Delete(root);
 			return -FL_EINVAL_JSON;
 		}
-	if (has_duplicate_keys(root)) {
+	r = has_duplicate_keys(root);
+	if (r) {
 		cJSON_Delete(root);
-		return -FL_EINVAL_JSON;
+		return r < 0 ? r : -FL_EINVAL_JSON;
 	}
 	*ret = root;
 	return 0;

@@ -26,6 +26,7 @@ static void usage(FILE *f)
 	      "  key generate OUT.pem [--public OUT.pub.pem]   make an ECDSA P-256 key\n"
 	      "  keyring create|sign|verify ...               root-signed delegation of release keys\n"
 	      "  bundle create|sign|verify|inspect|diff ...    signed model bundles\n"
+	      "  pki init|issue-device|issue-server|issue-controller ...  fleet CA and certificates\n"
 	      "\n"
 	      "Run 'flotilla COMMAND --help' for a command's options.\n",
 	      f);
@@ -43,6 +44,14 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
+	if (!strcmp(cmd, "key"))
+		return cli_key_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "keyring"))
+		return cli_keyring_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "bundle"))
+		return cli_bundle_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "pki"))
+		return cli_pki_main(argc - 1, argv + 1);
 	fprintf(stderr, "flotilla: unknown command '%s' (try 'flotilla --help')\n", cmd);
 	return 2;
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -49,6 +50,27 @@ static void test_parse_limits(void **state)
 	assert_int_equal(cJSON_GetArraySize(j), 2);
 	cJSON_Delete(j);
 	assert_int_equal(fl_json_parse(NULL, 0, 100, 4, &j), -EINVAL);
+}
+
+/* A large object with a duplicate far apart is found; a large object of
+ * distinct keys parses (the check is O(n log n), not quadratic). */
+static void test_duplicates_in_big_objects(void **state)
+{
+	(void)state;
+	size_t n = 50000, cap = n * 16 + 16;
+	char *buf = malloc(cap), *p = buf;
+	*p++ = '{';
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, "%s\"k%zu\":1", i ? "," : "", i);
+	*p++ = '}';
+	cJSON *j = NULL;
+	assert_int_equal(fl_json_parse(buf, (size_t)(p - buf), cap, 4, &j), 0);
+	assert_int_equal(cJSON_GetArraySize(j), (int)n);
+	cJSON_Delete(j);
+	p[-1] = ',';
+	p += sprintf(p, "\"k7\":2}");
+	assert_int_equal(fl_json_parse(buf, (size_t)(p - buf), cap, 4, &j), -FL_EINVAL_JSON);
+	free(buf);
 }
 
 static void test_getters(void **state)
@@ -127,6 +149,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_limits),
 		cmocka_unit_test(test_getters),
+		cmocka_unit_test(test_duplicates_in_big_objects),
 		cmocka_unit_test(test_check_keys_and_print),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

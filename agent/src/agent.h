@@ -1,0 +1,72 @@
+/* flotilla-agent internals shared by its source files. */
+#ifndef FLOTILLA_AGENT_H
+#define FLOTILLA_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "journal.h"
+#include <flotilla/slot.h>
+#include <flotilla/trust.h>
+
+#define AGENT_DEFAULT_CONFIG "/etc/flotilla/agent.conf"
+#define AGENT_DEFAULT_STATE_DIR "/var/lib/flotilla"
+#define AGENT_DEFAULT_TRUST_DIR "/etc/flotilla/trust"
+/* Agent starts during a trial after which the new version counts as crash
+ * looping and is rolled back. */
+#define AGENT_TRIAL_MAX_BOOTS 3
+
+struct agent_config {
+	char state_dir[1024];  /* journal, models/, trust/keyring, spool/ */
+	char trust_dir[1024];  /* root public keys (*.pem) and threshold */
+	char device_id[65];
+	unsigned threshold;    /* 0: from trust_dir/threshold or 1 */
+	uint64_t disk_reserve_bytes; /* free space kept beyond a new slot */
+};
+
+struct agent {
+	struct agent_config cfg;
+	struct journal *journal;
+	struct ota_trust *trust;
+	char models_dir[1100];
+	int lock_fd;
+};
+
+/* Open the journal and the trust store and take the state lock. READ_ONLY
+ * (status) takes no lock and opens no trust store: it may run beside the
+ * service, which holds the lock. */
+int agent_open(struct agent *a, const struct agent_config *cfg, bool read_only);
+void agent_close(struct agent *a);
+int agent_config_load(const char *path, struct agent_config *cfg, char *err, size_t err_len);
+
+/* Install the bundle at PATH (verify, pre-flight, stage into the inactive
+ * slot, test, switch, then trial or commit). Returns 0 when the new version is
+ * active (committed, or in trial), or the reason it was refused (negative).
+ * Every outcome is journaled and recorded as an event. */
+int agent_install_bundle(struct agent *a, const char *path);
+
+/* Finish or undo whatever a crash interrupted, for every model. With
+ * DAEMON_START (the service starting, not a command) a start during a TRIAL
+ * counts as a boot, and AGENT_TRIAL_MAX_BOOTS of them roll back. */
+int agent_recover(struct agent *a, bool daemon_start);
+
+/* Switch MODEL back to the slot it ran before (always allowed: it is the
+ * version this device committed itself). */
+int agent_revert(struct agent *a, const char *model, const char *reason);
+
+/* Complete trials whose window has passed without failure. */
+int agent_trial_tick(struct agent *a);
+
+/* Verify every slot against its manifest; repair what can be repaired
+ * (clean a corrupt inactive slot, revert from a corrupt active one).
+ * Returns the number of problems found (>= 0) or an error. */
+int agent_check(struct agent *a);
+
+/* Acceptance tests of manifest M on the model in DIR. 0 or -FL_EACCEPT with
+ * a reason in WHY. */
+int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, size_t why_len);
+
+/* Backends this agent can run (NULL-terminated). */
+extern const char *const agent_backends[];
+
+#endif

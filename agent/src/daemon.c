@@ -1,0 +1,139 @@
+/* `flotilla-agent run`: the service. One loop: recover at start, then watch
+ * the spool directory (USB sticks, field service, a package drop) and tick
+ * trials. MQTT and the local API join this loop in later steps. */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "daemon.h"
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/fs.h>
+#include <flotilla/log.h>
+#include <flotilla/util.h>
+
+#define SPOOL_MAX_ATTEMPTS 3
+#define SPOOL_SETTLE_S 2 /* a file must be unchanged this long before use */
+#define TICK_MS 1000
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), k = strlen(suffix);
+	return n > k && !strcmp(s + n - k, suffix);
+}
+
+/* Move a handled spool file aside so it is not installed again. */
+static void spool_retire(const char *spool, const char *name, const char *sub)
+{
+	_cleanup_free_ char *dir = fl_path_join(spool, sub);
+	_cleanup_free_ char *from = fl_path_join(spool, name);
+	if (!dir || !from)
+		return;
+	fl_mkdir_p(dir, 0755);
+	_cleanup_free_ char *to = fl_path_join(dir, name);
+	if (!to || rename(from, to) < 0)
+		unlink(from);
+	fl_fsync_dir(spool);
+}
+
+/* Install every settled *.tar in the spool directory, oldest name first. */
+static int spool_scan(struct agent *a, const char *spool)
+{
+	struct dirent **names = NULL;
+	int n = scandir(spool, &names, NULL, alphasort);
+	if (n < 0)
+		return -errno;
+	int64_t now = fl_now_s();
+	for (int i = 0; i < n; i++) {
+		const char *name = names[i]->d_name;
+		_cleanup_free_ char *p = fl_path_join(spool, name);
+		struct stat st;
+		if (!p || !ends_with(name, ".tar") || lstat(p, &st) < 0 || !S_ISREG(st.st_mode) ||
+		    now - st.st_mtime < SPOOL_SETTLE_S)
+			continue;
+		char key[1400];
+		snprintf(key, sizeof(key), "%s:%lld:%lld", p, (long long)st.st_size,
+			 (long long)st.st_mtime);
+		int attempts = 0;
+		if (journal_spool_attempt(a->journal, key, &attempts) < 0)
+			continue;
+		if (attempts > SPOOL_MAX_ATTEMPTS) {
+			fl_err("spool: %s failed %d times; moved to failed/", name, attempts - 1);
+			spool_retire(spool, name, "failed");
+			journal_spool_forget(a->journal, key);
+			continue;
+		}
+		fl_info("spool: installing %s (attempt %d)", name, attempts);
+		int r = agent_install_bundle(a, p);
+		if (r < 0)
+			fl_warn("spool: %s: %s", name, fl_strerror(r));
+		spool_retire(spool, name, r < 0 ? "rejected" : "installed");
+		journal_spool_forget(a->journal, key);
+	}
+	for (int i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return 0;
+}
+
+int agent_run(struct agent *a)
+{
+	char spool[1200];
+	snprintf(spool, sizeof(spool), "%s/spool", a->cfg.state_dir);
+	int r = fl_mkdir_p(spool, 0755);
+	if (r < 0)
+		return r;
+	r = agent_recover(a, true);
+	if (r < 0)
+		fl_err("recovery: %s", fl_strerror(r));
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	_cleanup_close_ int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	_cleanup_close_ int ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+	if (sfd < 0 || ifd < 0)
+		return -errno;
+	if (inotify_add_watch(ifd, spool, IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
+		return -errno;
+	fl_info("running: state %s, spool %s", a->cfg.state_dir, spool);
+
+	int64_t next_scan = 0;
+	for (;;) {
+		int64_t now = fl_mono_ms();
+		if (now >= next_scan) {
+			spool_scan(a, spool);
+			agent_trial_tick(a);
+			next_scan = now + TICK_MS;
+		}
+		struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
+		int timeout = (int)(next_scan - fl_mono_ms());
+		if (poll(pfd, 2, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
+			return -errno;
+		if (pfd[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				fl_info("signal %u: stopping", si.ssi_signo);
+				return 0;
+			}
+		}
+		if (pfd[1].revents & POLLIN) {
+			char buf[4096];
+			while (read(ifd, buf, sizeof(buf)) > 0)
+				;
+			/* A new file: look again once it has settled. */
+			next_scan = fl_mono_ms() + SPOOL_SETTLE_S * 1000 + 100;
+		}
+	}
+}

@@ -1,0 +1,681 @@
+/* Kernels: dispatch, scalar reference implementations, element-wise ops.
+ * The numerics follow ggml's CPU backend (see docs/engine.md). */
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flotilla/kernels.h"
+#include "kernels_internal.h"
+
+float rt_k_f16_table[65536];
+
+/* ---------------------------------------------------------------- scalar */
+
+static float dot_f32_scalar(int64_t n, const float *w, const float *x)
+{
+	double s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += (double)(w[i] * x[i]);
+	return (float)s;
+}
+
+static float dot_f16_scalar(int64_t n, const uint16_t *w, const uint16_t *x)
+{
+	double s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += (double)(rt_k_h2f(w[i]) * rt_k_h2f(x[i]));
+	return (float)s;
+}
+
+static float dot_q8_0_scalar(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q8_0 *w = wv, *x = xv;
+	float sum = 0;
+	for (int64_t b = 0; b < n / RT_QK8_0; b++) {
+		int32_t si = 0;
+		for (int j = 0; j < RT_QK8_0; j++)
+			si += w[b].qs[j] * x[b].qs[j];
+		sum += (float)si * (rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d));
+	}
+	return sum;
+}
+
+static float dot_q4_0_scalar(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q4_0 *w = wv;
+	const struct rt_block_q8_0 *x = xv;
+	float sum = 0;
+	for (int64_t b = 0; b < n / RT_QK4_0; b++) {
+		int32_t si = 0;
+		for (int j = 0; j < RT_QK4_0 / 2; j++) {
+			int v0 = (w[b].qs[j] & 0xF) - 8;
+			int v1 = (w[b].qs[j] >> 4) - 8;
+			si += v0 * x[b].qs[j] + v1 * x[b].qs[j + RT_QK4_0 / 2];
+		}
+		sum += (float)si * (rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d));
+	}
+	return sum;
+}
+
+static float dot_q4_k_scalar(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q4_k *w = wv;
+	const struct rt_block_q8_k *x = xv;
+	float sum = 0;
+	for (int64_t b = 0; b < n / RT_QK_K; b++) {
+		const uint8_t *q = w[b].qs;
+		const int8_t *y = x[b].qs;
+		int32_t si = 0, sm = 0;
+		for (int j = 0; j < RT_QK_K / 64; j++) {
+			uint8_t sc0, m0, sc1, m1;
+			rt_k_scale_min_k4(2 * j, w[b].scales, &sc0, &m0);
+			rt_k_scale_min_k4(2 * j + 1, w[b].scales, &sc1, &m1);
+			int32_t s0 = 0, s1 = 0;
+			for (int l = 0; l < 32; l++) {
+				s0 += (q[l] & 0xF) * y[l];
+				s1 += (q[l] >> 4) * y[l + 32];
+			}
+			si += sc0 * s0 + sc1 * s1;
+			sm += m0 * (x[b].bsums[4 * j] + x[b].bsums[4 * j + 1]) +
+			      m1 * (x[b].bsums[4 * j + 2] + x[b].bsums[4 * j + 3]);
+			q += 32;
+			y += 64;
+		}
+		float d = x[b].d * rt_k_h2f(w[b].d);
+		float dmin = x[b].d * rt_k_h2f(w[b].dmin);
+		sum += d * (float)si - dmin * (float)sm;
+	}
+	return sum;
+}
+
+static float dot_q6_k_scalar(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q6_k *w = wv;
+	const struct rt_block_q8_k *x = xv;
+	float sum = 0;
+	for (int64_t b = 0; b < n / RT_QK_K; b++) {
+		const uint8_t *ql = w[b].ql, *qh = w[b].qh;
+		const int8_t *sc = w[b].scales, *y = x[b].qs;
+		int32_t si = 0;
+		for (int h = 0; h < 2; h++) {
+			int32_t g[8] = {0};
+			for (int l = 0; l < 32; l++) {
+				int is = l / 16;
+				int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+				int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+				int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+				int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+				g[is + 0] += q1 * y[l];
+				g[is + 2] += q2 * y[l + 32];
+				g[is + 4] += q3 * y[l + 64];
+				g[is + 6] += q4 * y[l + 96];
+			}
+			for (int k = 0; k < 8; k++)
+				si += sc[k] * g[k];
+			ql += 64;
+			qh += 32;
+			sc += 8;
+			y += 128;
+		}
+		sum += x[b].d * rt_k_h2f(w[b].d) * (float)si;
+	}
+	return sum;
+}
+
+/* x86 AVX2 semantics of ggml's quantize_row_q8_0: id = 127/amax, ties to even. */
+static void quant_q8_0_scalar(const float *x, void *yv, int64_t n)
+{
+	struct rt_block_q8_0 *y = yv;
+	for (int64_t b = 0; b < n / RT_QK8_0; b++) {
+		const float *xb = x + b * RT_QK8_0;
+		float amax = 0;
+		for (int j = 0; j < RT_QK8_0; j++)
+			amax = fmaxf(amax, fabsf(xb[j]));
+		float d = amax / 127.f;
+		float id = amax != 0.f ? 127.f / amax : 0.f;
+		y[b].d = rt_fp32_to_fp16(d);
+		for (int j = 0; j < RT_QK8_0; j++)
+			y[b].qs[j] = (int8_t)rt_k_nearest_int(xb[j] * id);
+	}
+}
+
+static void f32_to_f16_scalar(const float *x, uint16_t *y, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = rt_fp32_to_fp16(x[i]);
+}
+
+static void f16_to_f32_scalar(const uint16_t *x, float *y, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = rt_k_h2f(x[i]);
+}
+
+static void axpy_f32_scalar(int64_t n, float a, const float *v, float *y)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] += a * v[i];
+}
+
+static void axpy_f16_scalar(int64_t n, float a, const uint16_t *v, float *y)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] += a * rt_k_h2f(v[i]);
+}
+
+static const struct rt_kfuncs kfuncs_scalar = {
+	.dot_f32 = dot_f32_scalar,
+	.dot_f16 = dot_f16_scalar,
+	.dot_q8_0 = dot_q8_0_scalar,
+	.dot_q4_0 = dot_q4_0_scalar,
+	.dot_q4_k = dot_q4_k_scalar,
+	.dot_q6_k = dot_q6_k_scalar,
+	.quant_q8_0 = quant_q8_0_scalar,
+	.f32_to_f16 = f32_to_f16_scalar,
+	.f16_to_f32 = f16_to_f32_scalar,
+	.axpy_f32 = axpy_f32_scalar,
+	.axpy_f16 = axpy_f16_scalar,
+};
+
+/* -------------------------------------------------------------- dispatch */
+
+static _Atomic(const struct rt_kfuncs *) g_kf;
+static enum rt_isa g_isa = RT_ISA_SCALAR;
+static enum rt_isa g_best = RT_ISA_SCALAR;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static struct rt_kfuncs g_table; /* best ISA, NULL slots filled from scalar */
+
+static void kernels_init(void)
+{
+	for (uint32_t h = 0; h < 65536; h++)
+		rt_k_f16_table[h] = rt_fp16_to_fp32((uint16_t)h);
+	const struct rt_kfuncs *k = &kfuncs_scalar;
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	    __builtin_cpu_supports("f16c")) {
+		g_best = RT_ISA_AVX2;
+		k = &rt_kfuncs_avx2;
+	}
+#elif defined(__aarch64__)
+	g_best = RT_ISA_NEON;
+	k = &rt_kfuncs_neon;
+#endif
+	/* Entries an ISA table leaves NULL fall back to scalar ones. */
+	g_table = *k;
+#define FILL(f) if (!g_table.f) g_table.f = kfuncs_scalar.f
+	FILL(dot_f32); FILL(dot_f16); FILL(dot_q8_0); FILL(dot_q4_0); FILL(dot_q4_k);
+	FILL(dot_q6_k); FILL(quant_q8_0); FILL(f32_to_f16); FILL(f16_to_f32);
+	FILL(axpy_f32); FILL(axpy_f16);
+#undef FILL
+	if (k != &kfuncs_scalar)
+		k = &g_table;
+	g_isa = g_best;
+	const char *env = getenv("FLOTILLA_KERNELS");
+	if (env && strcmp(env, "scalar") == 0) {
+		g_isa = RT_ISA_SCALAR;
+		k = &kfuncs_scalar;
+	}
+	atomic_store(&g_kf, k);
+}
+
+static inline const struct rt_kfuncs *kf(void)
+{
+	const struct rt_kfuncs *k = atomic_load_explicit(&g_kf, memory_order_acquire);
+	if (__builtin_expect(k == NULL, 0)) {
+		pthread_once(&g_once, kernels_init);
+		k = atomic_load(&g_kf);
+	}
+	return k;
+}
+
+enum rt_isa rt_kernels_isa(void)
+{
+	kf();
+	return g_isa;
+}
+
+enum rt_isa rt_kernels_best_isa(void)
+{
+	kf();
+	return g_best;
+}
+
+int rt_kernels_set_isa(enum rt_isa isa)
+{
+	kf();
+	if (isa == RT_ISA_SCALAR) {
+		atomic_store(&g_kf, &kfuncs_scalar);
+		g_isa = isa;
+		return 0;
+	}
+	if (isa != g_best)
+		return -ENOTSUP;
+	atomic_store(&g_kf, &g_table);
+	g_isa = isa;
+	return 0;
+}
+
+void rt_kernels_force_scalar(bool on)
+{
+	(void)rt_kernels_set_isa(on ? RT_ISA_SCALAR : rt_kernels_best_isa());
+}
+
+const char *rt_isa_name(enum rt_isa isa)
+{
+	switch (isa) {
+	case RT_ISA_SCALAR: return "scalar";
+	case RT_ISA_AVX2: return "avx2";
+	case RT_ISA_NEON: return "neon";
+	}
+	return "unknown";
+}
+
+/* ------------------------------------------------------------ type info */
+
+bool rt_k_type_supported(uint32_t type)
+{
+	switch (type) {
+	case RT_GGML_TYPE_F32:
+	case RT_GGML_TYPE_F16:
+	case RT_GGML_TYPE_Q8_0:
+	case RT_GGML_TYPE_Q4_0:
+	case RT_GGML_TYPE_Q4_K:
+	case RT_GGML_TYPE_Q6_K:
+		return true;
+	default:
+		return false;
+	}
+}
+
+int rt_k_block_elems(uint32_t type)
+{
+	switch (type) {
+	case RT_GGML_TYPE_F32:
+	case RT_GGML_TYPE_F16: return 1;
+	case RT_GGML_TYPE_Q8_0: return RT_QK8_0;
+	case RT_GGML_TYPE_Q4_0: return RT_QK4_0;
+	case RT_GGML_TYPE_Q4_K:
+	case RT_GGML_TYPE_Q6_K:
+	case RT_GGML_TYPE_Q8_K: return RT_QK_K;
+	default: return 0;
+	}
+}
+
+static size_t block_bytes(uint32_t type)
+{
+	switch (type) {
+	case RT_GGML_TYPE_F32: return 4;
+	case RT_GGML_TYPE_F16: return 2;
+	case RT_GGML_TYPE_Q8_0: return sizeof(struct rt_block_q8_0);
+	case RT_GGML_TYPE_Q4_0: return sizeof(struct rt_block_q4_0);
+	case RT_GGML_TYPE_Q4_K: return sizeof(struct rt_block_q4_k);
+	case RT_GGML_TYPE_Q6_K: return sizeof(struct rt_block_q6_k);
+	case RT_GGML_TYPE_Q8_K: return sizeof(struct rt_block_q8_k);
+	default: return 0;
+	}
+}
+
+size_t rt_k_row_bytes(uint32_t type, int64_t n)
+{
+	int be = rt_k_block_elems(type);
+	if (be == 0 || n < 0 || n % be != 0)
+		return 0;
+	return (size_t)(n / be) * block_bytes(type);
+}
+
+uint32_t rt_k_dot_type(uint32_t type)
+{
+	switch (type) {
+	case RT_GGML_TYPE_Q8_0:
+	case RT_GGML_TYPE_Q4_0: return RT_GGML_TYPE_Q8_0;
+	case RT_GGML_TYPE_Q4_K:
+	case RT_GGML_TYPE_Q6_K: return RT_GGML_TYPE_Q8_K;
+	default: return type;
+	}
+}
+
+/* ggml quantize_row_q8_K_ref: scale from the signed element of largest
+ * magnitude, iscale = -127/max, ties to even, plus the 16-element sums. */
+static void quant_q8_k(const float *x, struct rt_block_q8_k *y, int64_t n)
+{
+	for (int64_t b = 0; b < n / RT_QK_K; b++, x += RT_QK_K) {
+		float amax = 0, max = 0;
+		for (int j = 0; j < RT_QK_K; j++) {
+			float ax = fabsf(x[j]);
+			if (ax > amax) {
+				amax = ax;
+				max = x[j];
+			}
+		}
+		if (amax == 0.f) {
+			memset(&y[b], 0, sizeof(y[b]));
+			continue;
+		}
+		const float iscale = -127.f / max;
+		for (int j = 0; j < RT_QK_K; j++) {
+			int v = rt_k_nearest_int(iscale * x[j]);
+			y[b].qs[j] = (int8_t)(v < 127 ? v : 127);
+		}
+		for (int j = 0; j < RT_QK_K / 16; j++) {
+			int s = 0;
+			for (int i = 0; i < 16; i++)
+				s += y[b].qs[j * 16 + i];
+			y[b].bsums[j] = (int16_t)s;
+		}
+		y[b].d = 1 / iscale;
+	}
+}
+
+void rt_k_quantize_act(uint32_t wtype, const float *x, void *out, int64_t n)
+{
+	const struct rt_kfuncs *k = kf();
+	switch (rt_k_dot_type(wtype)) {
+	case RT_GGML_TYPE_F32: memcpy(out, x, (size_t)n * sizeof(float)); break;
+	case RT_GGML_TYPE_F16: k->f32_to_f16(x, out, n); break;
+	case RT_GGML_TYPE_Q8_0: k->quant_q8_0(x, out, n); break;
+	case RT_GGML_TYPE_Q8_K: quant_q8_k(x, out, n); break;
+	default: break;
+	}
+}
+
+static inline float vec_dot(const struct rt_kfuncs *k, uint32_t wtype, int64_t n, const void *w,
+			    const void *xq)
+{
+	switch (wtype) {
+	case RT_GGML_TYPE_F32: return k->dot_f32(n, w, xq);
+	case RT_GGML_TYPE_F16: return k->dot_f16(n, w, xq);
+	case RT_GGML_TYPE_Q8_0: return k->dot_q8_0(n, w, xq);
+	case RT_GGML_TYPE_Q4_0: return k->dot_q4_0(n, w, xq);
+	case RT_GGML_TYPE_Q4_K: return k->dot_q4_k(n, w, xq);
+	case RT_GGML_TYPE_Q6_K: return k->dot_q6_k(n, w, xq);
+	default: return 0.f;
+	}
+}
+
+float rt_k_vec_dot(uint32_t wtype, int64_t n, const void *w, const void *xq)
+{
+	return vec_dot(kf(), wtype, n, w, xq);
+}
+
+typedef void (*dot4_fn)(int64_t n, const void *w, const void *x, size_t xs, const float *xd,
+			float *out);
+
+/* Float block scales of up to MM_TILE Q8_0 activation rows (per thread). */
+#define MM_TILE 16
+#define MM_XD_MAX_BLOCKS 2048 /* rows up to 65536 elements */
+static _Thread_local float g_xd[MM_TILE * MM_XD_MAX_BLOCKS];
+
+void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int64_t r0,
+		 int64_t r1, const void *xq, size_t xq_stride, int64_t nt, float *y, int64_t ldy)
+{
+	const struct rt_kfuncs *k = kf();
+	dot4_fn d4 = NULL;
+	switch (wtype) {
+	case RT_GGML_TYPE_Q8_0: d4 = k->dot4_q8_0; break;
+	case RT_GGML_TYPE_Q4_0: d4 = k->dot4_q4_0; break;
+	case RT_GGML_TYPE_Q4_K: d4 = k->dot4_q4_k; break;
+	case RT_GGML_TYPE_Q6_K: d4 = k->dot4_q6_k; break;
+	default: break;
+	}
+	const uint8_t *wb = w;
+	const uint8_t *xb = xq;
+	if (wtype == RT_GGML_TYPE_F32 && k->gemm_f32 && nt > 1 && row_bytes % sizeof(float) == 0 &&
+	    xq_stride % sizeof(float) == 0) {
+		const size_t ws = row_bytes / sizeof(float), xs = xq_stride / sizeof(float);
+		const int64_t tile = 64; /* tokens per pass: their activations stay in L2 */
+		for (int64_t t0 = 0; t0 < nt; t0 += tile) {
+			int64_t n_t = nt - t0 < tile ? nt - t0 : tile;
+			k->gemm_f32(n, (const float *)w + (size_t)r0 * ws, ws, r1 - r0,
+				    (const float *)xq + (size_t)t0 * xs, xs, n_t, y + t0 * ldy + r0, ldy);
+		}
+		return;
+	}
+	const bool q8_0_act = rt_k_dot_type(wtype) == RT_GGML_TYPE_Q8_0;
+	const int64_t nb = n / RT_QK8_0;
+	if (q8_0_act && nb > MM_XD_MAX_BLOCKS)
+		d4 = NULL;
+	/* Tokens in tiles so that a tile's activations stay in L2 while every
+	 * weight row of the range streams past them once. */
+	const int64_t tile = MM_TILE;
+	for (int64_t t0 = 0; t0 < nt; t0 += tile) {
+		int64_t t1 = t0 + tile < nt ? t0 + tile : nt;
+		if (d4 && q8_0_act) {
+			/* scales of each group of 4 tokens: g_xd[(group * nb + b) * 4 + k] */
+			for (int64_t t = t0; t + 4 <= t1; t += 4) {
+				float *xd = g_xd + (size_t)((t - t0) / 4) * (size_t)nb * 4;
+				for (int j = 0; j < 4; j++) {
+					const struct rt_block_q8_0 *xr =
+						(const void *)(xb + (size_t)(t + j) * xq_stride);
+					for (int64_t b = 0; b < nb; b++)
+						xd[b * 4 + j] = rt_k_h2f(xr[b].d);
+				}
+			}
+		}
+		for (int64_t r = r0; r < r1; r++) {
+			const uint8_t *wr = wb + (size_t)r * row_bytes;
+			int64_t t = t0;
+			if (d4) {
+				for (; t + 4 <= t1; t += 4) {
+					float o[4];
+					const float *xd = q8_0_act ? g_xd + (size_t)((t - t0) / 4) * (size_t)nb * 4 : NULL;
+					d4(n, wr, xb + (size_t)t * xq_stride, xq_stride, xd, o);
+					for (int i = 0; i < 4; i++)
+						y[(t + i) * ldy + r] = o[i];
+				}
+			}
+			for (; t < t1; t++)
+				y[t * ldy + r] = vec_dot(k, wtype, n, wr, xb + (size_t)t * xq_stride);
+		}
+	}
+}
+
+/* Dequantize one row (plain loops: only for embeddings and tests). */
+void rt_k_get_row(uint32_t wtype, const void *w, size_t row_bytes, int64_t r, int64_t n,
+		  float *out)
+{
+	const uint8_t *src = (const uint8_t *)w + (size_t)r * row_bytes;
+	kf();
+	switch (wtype) {
+	case RT_GGML_TYPE_F32: memcpy(out, src, (size_t)n * sizeof(float)); break;
+	case RT_GGML_TYPE_F16: {
+		const uint16_t *h = (const uint16_t *)src;
+		for (int64_t i = 0; i < n; i++)
+			out[i] = rt_k_h2f(h[i]);
+		break;
+	}
+	case RT_GGML_TYPE_Q8_0: {
+		const struct rt_block_q8_0 *b = (const void *)src;
+		for (int64_t i = 0; i < n / RT_QK8_0; i++) {
+			float d = rt_k_h2f(b[i].d);
+			for (int j = 0; j < RT_QK8_0; j++)
+				out[i * RT_QK8_0 + j] = b[i].qs[j] * d;
+		}
+		break;
+	}
+	case RT_GGML_TYPE_Q4_0: {
+		const struct rt_block_q4_0 *b = (const void *)src;
+		for (int64_t i = 0; i < n / RT_QK4_0; i++) {
+			float d = rt_k_h2f(b[i].d);
+			for (int j = 0; j < RT_QK4_0 / 2; j++) {
+				out[i * RT_QK4_0 + j] = (float)((b[i].qs[j] & 0xF) - 8) * d;
+				out[i * RT_QK4_0 + j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+			}
+		}
+		break;
+	}
+	case RT_GGML_TYPE_Q4_K: {
+		const struct rt_block_q4_k *b = (const void *)src;
+		for (int64_t i = 0; i < n / RT_QK_K; i++) {
+			float d = rt_k_h2f(b[i].d), dmin = rt_k_h2f(b[i].dmin);
+			const uint8_t *q = b[i].qs;
+			float *o = out + i * RT_QK_K;
+			for (int j = 0; j < 4; j++) {
+				uint8_t sc, m;
+				rt_k_scale_min_k4(2 * j, b[i].scales, &sc, &m);
+				float d1 = d * sc, m1 = dmin * m;
+				rt_k_scale_min_k4(2 * j + 1, b[i].scales, &sc, &m);
+				float d2 = d * sc, m2 = dmin * m;
+				for (int l = 0; l < 32; l++) {
+					o[l] = d1 * (float)(q[l] & 0xF) - m1;
+					o[l + 32] = d2 * (float)(q[l] >> 4) - m2;
+				}
+				q += 32;
+				o += 64;
+			}
+		}
+		break;
+	}
+	case RT_GGML_TYPE_Q6_K: {
+		const struct rt_block_q6_k *b = (const void *)src;
+		for (int64_t i = 0; i < n / RT_QK_K; i++) {
+			float d = rt_k_h2f(b[i].d);
+			const uint8_t *ql = b[i].ql, *qh = b[i].qh;
+			const int8_t *sc = b[i].scales;
+			float *o = out + i * RT_QK_K;
+			for (int h = 0; h < 2; h++) {
+				for (int l = 0; l < 32; l++) {
+					int is = l / 16;
+					int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+					int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+					int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+					int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+					o[l] = d * sc[is + 0] * (float)q1;
+					o[l + 32] = d * sc[is + 2] * (float)q2;
+					o[l + 64] = d * sc[is + 4] * (float)q3;
+					o[l + 96] = d * sc[is + 6] * (float)q4;
+				}
+				o += 128;
+				ql += 64;
+				qh += 32;
+				sc += 8;
+			}
+		}
+		break;
+	}
+	default:
+		memset(out, 0, (size_t)n * sizeof(float));
+		break;
+	}
+}
+
+void rt_k_axpy(uint32_t vtype, int64_t n, float a, const void *v, float *y)
+{
+	const struct rt_kfuncs *k = kf();
+	if (vtype == RT_GGML_TYPE_F16)
+		k->axpy_f16(n, a, v, y);
+	else
+		k->axpy_f32(n, a, v, y);
+}
+
+void rt_k_f32_to_f16(const float *x, uint16_t *y, int64_t n) { kf()->f32_to_f16(x, y, n); }
+void rt_k_f16_to_f32(const uint16_t *x, float *y, int64_t n) { kf()->f16_to_f32(x, y, n); }
+
+/* ----------------------------------------------------------- element-wise */
+
+void rt_k_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps)
+{
+	double sum = 0;
+	for (int64_t i = 0; i < n; i++)
+		sum += (double)(x[i] * x[i]);
+	const float mean = (float)(sum / (double)n);
+	const float scale = 1.0f / sqrtf(mean + eps);
+	if (w) {
+		for (int64_t i = 0; i < n; i++)
+			y[i] = (x[i] * scale) * w[i];
+	} else {
+		for (int64_t i = 0; i < n; i++)
+			y[i] = x[i] * scale;
+	}
+}
+
+void rt_k_softmax(float *x, int64_t n, float scale)
+{
+	float max = -INFINITY;
+	for (int64_t i = 0; i < n; i++) {
+		x[i] *= scale;
+		if (x[i] > max)
+			max = x[i];
+	}
+	double sum = 0;
+	for (int64_t i = 0; i < n; i++) {
+		float e = expf(x[i] - max);
+		sum += (double)e;
+		x[i] = e;
+	}
+	const float inv = (float)(1.0 / sum);
+	for (int64_t i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+void rt_k_silu(float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void rt_k_swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + expf(-g)) * up[i];
+	}
+}
+
+void rt_k_add(float *y, const float *a, const float *b, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = a[i] + b[i];
+}
+
+void rt_k_mul(float *y, const float *a, const float *b, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = a[i] * b[i];
+}
+
+void rt_k_scale(float *y, float s, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] *= s;
+}
+
+#define ROPE_MAX_PAIRS 512
+
+void rt_k_rope(float *x, int n_heads, int head_dim, int n_rot, int64_t pos,
+	       enum rt_rope_mode mode, float base, float freq_scale, const float *ff)
+{
+	float cs[ROPE_MAX_PAIRS], sn[ROPE_MAX_PAIRS];
+	const int np = n_rot / 2;
+	if (np > ROPE_MAX_PAIRS || n_rot > head_dim || n_rot < 0)
+		return;
+	const float theta_scale = powf(base, -2.0f / (float)n_rot);
+	float theta = (float)pos;
+	for (int i = 0; i < np; i++) {
+		float t = theta / (ff ? ff[i] : 1.0f);
+		t *= freq_scale;
+		cs[i] = cosf(t);
+		sn[i] = sinf(t);
+		theta *= theta_scale;
+	}
+	for (int h = 0; h < n_heads; h++) {
+		float *v = x + (size_t)h * (size_t)head_dim;
+		if (mode == RT_ROPE_NEOX) {
+			for (int i = 0; i < np; i++) {
+				float a = v[i], b = v[i + np];
+				v[i] = a * cs[i] - b * sn[i];
+				v[i + np] = a * sn[i] + b * cs[i];
+			}
+		} else {
+			for (int i = 0; i < np; i++) {
+				float a = v[2 * i], b = v[2 * i + 1];
+				v[2 * i] = a * cs[i] - b * sn[i];
+				v[2 * i + 1] = a * sn[i] + b * cs[i];
+			}
+		}
+	}
+}

@@ -1,0 +1,58 @@
+# Shared helpers for the shell integration tests (source it).
+# Expects: FLOTILLA, AGENT, MKMODEL set to binaries.
+
+fails=0
+checks=0
+ok() { checks=$((checks + 1)); echo "ok: $*"; }
+bad() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL: $*"; }
+check() { # check DESCRIPTION COMMAND...
+  local what=$1; shift
+  if "$@"; then ok "$what"; else bad "$what"; fi
+}
+finish() {
+  echo "$((checks - fails)) passed, $fails failed"
+  [ "$fails" -eq 0 ]
+}
+
+# mk_tmp NAME: a fresh directory under FL_TEST_TMPDIR, removed on exit.
+mk_tmp() {
+  local base=${FL_TEST_TMPDIR:-/tmp}
+  mkdir -p "$base"
+  tmp=$(mktemp -d "$base/$1.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+}
+
+# mk_trust DIR MODEL...: root + release keys, a root-signed keyring that
+# delegates the release key for MODELs; DIR/trust holds what a device gets.
+mk_trust() {
+  local d=$1; shift
+  mkdir -p "$d/keys" "$d/trust"
+  "$FLOTILLA" key generate "$d/keys/root.pem" >/dev/null
+  "$FLOTILLA" key generate "$d/keys/release.pem" >/dev/null
+  local models
+  models=$(IFS=,; echo "$*")
+  "$FLOTILLA" keyring create --version 1 --expires-days 365 --threshold 1 \
+    --key "$d/keys/release.pub.pem:$models" -o "$d/keys/keyring.json" >/dev/null
+  "$FLOTILLA" keyring sign "$d/keys/keyring.json" --key "$d/keys/root.pem" \
+    -o "$d/trust/keyring.dsse.json" >/dev/null
+  cp "$d/keys/root.pub.pem" "$d/trust/root.pem"
+}
+
+# mk_model OUT SEED: a tiny llama GGUF (about 150 KiB).
+mk_model() {
+  mkdir -p "$(dirname "$1")"
+  "$MKMODEL" --arch llama --vocab tiny --dim 64 --layers 2 --heads 4 --kv-heads 2 \
+    --ffn 128 --ctx 256 --type q8_0 --seed "$2" -o "$1" >/dev/null
+}
+
+# mk_bundle OUT KEYDIR NAME VERSION SEQ FILE... (options may precede files)
+mk_bundle() {
+  local out=$1 keys=$2 name=$3 ver=$4 seq=$5; shift 5
+  "$FLOTILLA" bundle create -o "$out" --key "$keys/release.pem" --name "$name" \
+    --version "$ver" --sequence "$seq" "$@" >/dev/null
+}
+
+# status_field STATE_DIR TRUST_DIR MODEL EXPR: a field of `status --json`.
+status_json() {
+  "$AGENT" --state-dir "$1" --trust-dir "$2" status --json
+}
