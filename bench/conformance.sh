@@ -69,7 +69,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$N" in ''|*[!0-9]*) die "-n must be a positive integer" ;; esac
-[ "$N" -ge 1 ] && [ "$N" -le 4096 ] || die "-n must be 1..4096"
+if [ "$N" -lt 1 ] || [ "$N" -gt 4096 ]; then die "-n must be 1..4096"; fi
 
 if [ -z "$REFBIN" ]; then
     REFBIN=$("$HERE/llamacpp-ref.sh" --no-server) || skip "llama.cpp reference build unavailable"
@@ -83,8 +83,9 @@ fi
 mkdir -p "$WORK" || die "cannot create $WORK"
 
 if [ -z "$MODEL" ]; then
-    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import numpy' 2>/dev/null \
-        || skip "no /usr/bin/python3 with numpy (apt-get install python3-numpy) to make the tiny model"
+    if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+        skip "no /usr/bin/python3 with numpy (apt-get install python3-numpy) to make the tiny model"
+    fi
     MODEL=$WORK/tiny-llama.gguf
     /usr/bin/python3 "$HERE/conformance/mk_tiny_llama.py" "$MODEL" >/dev/null \
         || die "mk_tiny_llama.py failed"
@@ -121,6 +122,7 @@ ours_gen=$(line gen "$WORK/ours.txt")
 
 # teacher-forced final position: prompt + ref gen[0..n-2]
 forced=$(echo "$ref_prompt $ref_gen" | awk '{ for (i = 1; i < NF; i++) printf "%s%s", (i > 1 ? "," : ""), $i }')
+# shellcheck disable=SC2086 # OURS is a command line on purpose
 run forced $OURS -m "$MODEL" -i "$forced" -n 1 -t "$T" -o "$WORK/forced.txt" \
     --logits-prompt "$WORK/forced.prompt.f32"
 
@@ -133,7 +135,7 @@ check() { # ok? message
 # 1 prompt tokens
 if [ -z "$IDS" ]; then
     [ "$ref_prompt" = "$ours_prompt" ] && ok=1 || ok=0
-    check $ok "prompt tokens identical ($(echo "$ref_prompt" | wc -w) tokens)"
+    check "$ok" "prompt tokens identical ($(echo "$ref_prompt" | wc -w) tokens)"
 fi
 
 # 2 greedy tokens
@@ -145,11 +147,11 @@ ngen=$(echo "$ref_gen" | wc -w)
 need=$MIN_MATCH
 [ "$need" -gt "$N" ] && need=$N
 [ "$prefix" -ge "$need" ] && ok=1 || ok=0
-check $ok "greedy tokens: $prefix of $ngen identical (need >= $need)"
+check "$ok" "greedy tokens: $prefix of $ngen identical (need >= $need)"
 
 # logits compare: prints "maxdiff argmax_a argmax_b n"
 cmp_f32() {
-    [ -s "$1" ] && [ -s "$2" ] || { echo "missing 0 0 0"; return; }
+    if [ ! -s "$1" ] || [ ! -s "$2" ]; then echo "missing 0 0 0"; return; fi
     paste <(od -An -v -tf4 -w4 "$1") <(od -An -v -tf4 -w4 "$2") | awk '
         NF != 2 { bad = 1; next }
         { a = $1 + 0; b = $2 + 0; d = a - b; if (d < 0) d = -d
@@ -160,12 +162,11 @@ cmp_f32() {
         END { if (bad) print "size-mismatch 0 0", n; else printf "%.6g %d %d %d\n", m, ia, ib, n }'
 }
 logits_check() { # label fileA fileB
-    local r; r=$(cmp_f32 "$2" "$3")
-    set -- "$1" $r
-    local ok=0
-    if [ "$2" != missing ] && [ "$2" != size-mismatch ] && [ "$3" = "$4" ] \
-        && awk -v d="$2" -v t="$TOL" 'BEGIN { exit !(d <= t) }'; then ok=1; fi
-    check $ok "$1: max|diff|=$2 (tol $TOL) argmax ref=$3 ours=$4 n_vocab=$5"
+    local d ia ib n ok=0
+    read -r d ia ib n <<<"$(cmp_f32 "$2" "$3")"
+    if [ "$d" != missing ] && [ "$d" != size-mismatch ] && [ "$ia" = "$ib" ] \
+        && awk -v d="$d" -v t="$TOL" 'BEGIN { exit !(d <= t) }'; then ok=1; fi
+    check "$ok" "$1: max|diff|=$d (tol $TOL) argmax ref=$ia ours=$ib n_vocab=$n"
 }
 logits_check "logits at last prompt position" "$WORK/ref.prompt.f32" "$WORK/ours.prompt.f32"
 logits_check "final logits (teacher-forced, pos $(echo "$forced" | tr ',' ' ' | wc -w))" \

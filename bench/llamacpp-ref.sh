@@ -55,6 +55,7 @@ fi
 
 command -v cmake >/dev/null 2>&1 || die "cmake not found"
 command -v c++ >/dev/null 2>&1 || die "C++ compiler not found (apt-get install g++)"
+command -v cc >/dev/null 2>&1 || die "C compiler not found (apt-get install gcc)"
 mkdir -p "$BUILD" || die "cannot create $BUILD"
 
 t0=$(date +%s)

@@ -102,7 +102,8 @@ tag=$(sed -n 's/.*"tag"[^"]*"\([^"]*\)".*/\1/p' "$WORK/package/llama/llama.cpp.i
 
 # Replace any stale/partial tree atomically-ish (rename within one filesystem).
 if [ -e "$SRC" ]; then
-    rm -rf "$SRC.old" && mv "$SRC" "$SRC.old" || die "cannot move old $SRC away"
+    rm -rf "$SRC.old"
+    mv "$SRC" "$SRC.old" || die "cannot move old $SRC away"
 fi
 mv "$WORK/src" "$SRC" || die "cannot move source into $SRC"
 rm -rf "$SRC.old"

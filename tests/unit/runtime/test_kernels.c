@@ -154,6 +154,16 @@ static void check_dot(uint32_t type, int64_t n, bool raw)
 	deq_act(dt, xq, n, xd);
 	for (int64_t i = 0; i < n; i++) /* the activation survives its quantization */
 		assert_true(fabs(xd[i] - x[i]) <= 3.0 / 127 * 0.51 + 3.0 / 1024);
+	if (dt == RT_GGML_TYPE_Q8_K) { /* block sums match the quants */
+		const struct rt_block_q8_k *qb = xq;
+		for (int64_t b = 0; b < n / 256; b++)
+			for (int j = 0; j < 16; j++) {
+				int sum = 0;
+				for (int i = 0; i < 16; i++)
+					sum += qb[b].qs[j * 16 + i];
+				assert_int_equal(qb[b].bsums[j], sum);
+			}
+	}
 	for (int64_t r = 0; r < rows; r++) {
 		rt_k_get_row(type, w, rb, r, n, wf);
 		/* independent dequantizer (gguf module) agrees bit for bit */
