@@ -42,6 +42,9 @@ struct spec {
 	int n_head, n_head_kv, head_dim;
 	bool tied, rope_freqs;
 	uint64_t seed;
+	float rope_linear; /* linear rope scaling factor, 0: none */
+	bool norm_f16;     /* norm weights stored as F16 (engine converts them) */
+	const char *rope_scaling; /* scaling type string to write, or NULL */
 };
 
 static uint64_t g_rng;
@@ -95,11 +98,16 @@ static struct rt_gguf_writer *model_writer(const struct spec *s, int nv, bool vo
 	}
 	assert_int_equal(rt_gguf_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-6f), 0);
 	assert_int_equal(rt_gguf_add_f32(w, KEY("rope.freq_base"), 10000.0f), 0);
+	if (s->rope_scaling)
+		assert_int_equal(rt_gguf_add_str(w, KEY("rope.scaling.type"), s->rope_scaling), 0);
+	if (s->rope_linear > 0)
+		assert_int_equal(rt_gguf_add_f32(w, KEY("rope.scaling.factor"), s->rope_linear), 0);
 #undef KEY
 	const int qd = s->n_head * s->head_dim, kvd = s->n_head_kv * s->head_dim;
 	const uint32_t wt = s->wtype;
 	add_t(w, "token_embd.weight", wt, D, nv, 1.0f, 0);
-	add_t(w, "output_norm.weight", RT_GGML_TYPE_F32, D, 1, 0.2f, 1.0f);
+	const uint32_t nt = s->norm_f16 ? RT_GGML_TYPE_F16 : RT_GGML_TYPE_F32;
+	add_t(w, "output_norm.weight", nt, D, 1, 0.2f, 1.0f);
 	if (!s->tied)
 		add_t(w, "output.weight", wt, D, nv, 0.1f, 0);
 	if (s->rope_freqs)
@@ -107,7 +115,7 @@ static struct rt_gguf_writer *model_writer(const struct spec *s, int nv, bool vo
 	for (int l = 0; l < NL; l++) {
 		char n[64];
 #define NM(x) (snprintf(n, sizeof(n), "blk.%d.%s", l, x), n)
-		add_t(w, NM("attn_norm.weight"), RT_GGML_TYPE_F32, D, 1, 0.2f, 1.0f);
+		add_t(w, NM("attn_norm.weight"), nt, D, 1, 0.2f, 1.0f);
 		add_t(w, NM("attn_q.weight"), wt, D, qd, 0.12f, 0);
 		add_t(w, NM("attn_k.weight"), wt, D, kvd, 0.12f, 0);
 		add_t(w, NM("attn_v.weight"), wt, D, kvd, 0.1f, 0);
@@ -121,7 +129,7 @@ static struct rt_gguf_writer *model_writer(const struct spec *s, int nv, bool vo
 			add_t(w, NM("attn_k_norm.weight"), RT_GGML_TYPE_F32, s->head_dim, 1, 0.2f, 1.0f);
 		}
 		add_t(w, NM("attn_output.weight"), wt, qd, D, 0.1f, 0);
-		add_t(w, NM("ffn_norm.weight"), RT_GGML_TYPE_F32, D, 1, 0.2f, 1.0f);
+		add_t(w, NM("ffn_norm.weight"), nt, D, 1, 0.2f, 1.0f);
 		add_t(w, NM("ffn_gate.weight"), wt, D, NFF, 0.1f, 0);
 		add_t(w, NM("ffn_up.weight"), wt, D, NFF, 0.1f, 0);
 		add_t(w, NM("ffn_down.weight"), wt, NFF, D, 0.08f, 0);
@@ -183,10 +191,12 @@ static void ref_mv(const double *W, int n_in, int n_out, const double *x, double
 	}
 }
 
+static double g_ref_freq_scale = 1.0;
+
 static void ref_rope(double *v, int hd, int pos, bool neox, const double *ff)
 {
 	for (int i = 0; i < hd / 2; i++) {
-		double th = pos * pow(10000.0, -2.0 * i / hd) / (ff ? ff[i] : 1.0);
+		double th = pos * pow(10000.0, -2.0 * i / hd) / (ff ? ff[i] : 1.0) * g_ref_freq_scale;
 		int a = neox ? i : 2 * i, b = neox ? i + hd / 2 : 2 * i + 1;
 		double x0 = v[a], x1 = v[b];
 		v[a] = x0 * cos(th) - x1 * sin(th);
@@ -325,6 +335,7 @@ static void check_vs_ref(const struct spec *s)
 {
 	void *buf;
 	struct rt_gguf *g = make_model(s, &buf);
+	g_ref_freq_scale = s->rope_linear > 0 ? 1.0 / s->rope_linear : 1.0;
 	double *ref = ref_forward(g, s, k_prompt, NP);
 	struct rt_engine *e = new_engine(g, 2, RT_GGML_TYPE_F32, 5); /* chunks of 5: 3 chunks */
 	const struct rt_model_info *in = rt_engine_info(e);
@@ -358,18 +369,27 @@ static void check_vs_ref(const struct spec *s)
 static void test_llama_vs_reference(void **state)
 {
 	(void)state;
-	struct spec s = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 1};
+	struct spec s = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 1, 0, false, NULL};
 	check_vs_ref(&s);
 	s.tied = true; /* no output.weight */
 	s.rope_freqs = true;
 	s.seed = 2;
 	check_vs_ref(&s);
+	/* linear rope scaling, F16 norm weights */
+	s.tied = false;
+	s.rope_freqs = false;
+	s.rope_scaling = "linear";
+	s.rope_linear = 4.0f;
+	s.norm_f16 = true;
+	s.seed = 3;
+	check_vs_ref(&s);
+	g_ref_freq_scale = 1.0;
 }
 
 static void test_qwen2_vs_reference(void **state)
 {
 	(void)state;
-	struct spec s = {"qwen2", RT_GGML_TYPE_F32, 4, 2, 64, true, false, 3};
+	struct spec s = {"qwen2", RT_GGML_TYPE_F32, 4, 2, 64, true, false, 3, 0, false, NULL};
 	check_vs_ref(&s);
 }
 
@@ -377,7 +397,7 @@ static void test_qwen3_vs_reference(void **state)
 {
 	(void)state;
 	/* head_dim 64 with 8 heads: q is 512 wide while the model is 256 */
-	struct spec s = {"qwen3", RT_GGML_TYPE_F32, 8, 4, 64, false, false, 4};
+	struct spec s = {"qwen3", RT_GGML_TYPE_F32, 8, 4, 64, false, false, 4, 0, false, NULL};
 	check_vs_ref(&s);
 }
 
@@ -402,7 +422,7 @@ static void test_batch_threads_determinism(void **state)
 	const uint32_t types[] = {RT_GGML_TYPE_F32, RT_GGML_TYPE_F16, RT_GGML_TYPE_Q8_0,
 				  RT_GGML_TYPE_Q4_0, RT_GGML_TYPE_Q4_K, RT_GGML_TYPE_Q6_K};
 	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
-		struct spec s = {"llama", types[ti], 8, 2, 32, false, false, 7};
+		struct spec s = {"llama", types[ti], 8, 2, 32, false, false, 7, 0, false, NULL};
 		void *buf;
 		struct rt_gguf *g = make_model(&s, &buf);
 		/* batched (one chunk) vs token by token, F16 KV like llama.cpp */
@@ -445,7 +465,7 @@ static void test_types_vs_reference(void **state)
 				  RT_GGML_TYPE_Q4_K, RT_GGML_TYPE_Q4_0};
 	const double tol[] = {0.002, 0.04, 0.04, 0.04, 0.04}; /* x max |logit| */
 	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
-		struct spec s = {"qwen2", types[ti], 4, 2, 64, false, true, 13};
+		struct spec s = {"qwen2", types[ti], 4, 2, 64, false, true, 13, 0, false, NULL};
 		void *buf;
 		struct rt_gguf *g = make_model(&s, &buf);
 		double *ref = ref_forward(g, &s, k_prompt, NP);
@@ -472,7 +492,7 @@ static void test_quantized_close_to_f32(void **state)
 	(void)state;
 	const uint32_t types[] = {RT_GGML_TYPE_F16, RT_GGML_TYPE_Q8_0};
 	const double tol[] = {0.01, 0.04}; /* x max |logit| */
-	struct spec s = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 9};
+	struct spec s = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 9, 0, false, NULL};
 	void *buf;
 	struct rt_gguf *g = make_model(&s, &buf);
 	struct rt_engine *e = new_engine(g, 2, RT_GGML_TYPE_F32, 16);
@@ -503,7 +523,7 @@ static void test_quantized_close_to_f32(void **state)
 static void test_errors(void **state)
 {
 	(void)state;
-	struct spec s = {"llama", RT_GGML_TYPE_Q8_0, 8, 2, 32, false, false, 11};
+	struct spec s = {"llama", RT_GGML_TYPE_Q8_0, 8, 2, 32, false, false, 11, 0, false, NULL};
 	void *buf;
 	struct rt_gguf *g = make_model(&s, &buf);
 	struct rt_engine *e = NULL, *sentinel = (struct rt_engine *)0x1;
@@ -539,6 +559,77 @@ static void test_errors(void **state)
 	rt_engine_free(NULL);
 	rt_gguf_free(g);
 	free(buf);
+
+	/* unsupported rope scaling, a misshapen tensor, an unsupported type */
+	struct spec y = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 12, 2.0f, false, "yarn"};
+	g = make_model(&y, &buf);
+	assert_int_equal(rt_engine_new(g, NULL, &e), -FL_EUNSUPPORTED);
+	rt_gguf_free(g);
+	free(buf);
+	{
+		struct spec z = {"llama", RT_GGML_TYPE_F32, 8, 2, 32, false, false, 12, 0, false, NULL};
+		struct rt_gguf_writer *zw = model_writer(&z, NV, false);
+		add_t(zw, "blk.5.attn_q.weight", RT_GGML_TYPE_F32, D, D, 1.0f, 0); /* harmless extra */
+		void *zb;
+		size_t zl;
+		assert_int_equal(rt_gguf_writer_to_memory(zw, &zb, &zl), 0);
+		rt_gguf_writer_free(zw);
+		assert_int_equal(rt_gguf_open_memory(zb, zl, &g), 0);
+		assert_int_equal(rt_engine_new(g, NULL, &e), 0); /* unknown tensors are ignored */
+		rt_engine_free(e);
+		rt_gguf_free(g);
+		free(zb);
+	}
+	{
+		/* attn_k with the q shape (missing GQA) -> format error */
+		struct rt_gguf_writer *zw = NULL;
+		assert_int_equal(rt_gguf_writer_new(&zw), 0);
+		assert_int_equal(rt_gguf_add_str(zw, "general.architecture", "llama"), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.embedding_length", D), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.block_count", 1), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.feed_forward_length", NFF), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.attention.head_count", 8), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.attention.head_count_kv", 2), 0);
+		add_t(zw, "token_embd.weight", RT_GGML_TYPE_F32, D, 8, 1.0f, 0);
+		add_t(zw, "output_norm.weight", RT_GGML_TYPE_F32, D, 1, 1.0f, 0);
+		add_t(zw, "blk.0.attn_norm.weight", RT_GGML_TYPE_F32, D, 1, 1.0f, 0);
+		add_t(zw, "blk.0.ffn_norm.weight", RT_GGML_TYPE_F32, D, 1, 1.0f, 0);
+		add_t(zw, "blk.0.attn_q.weight", RT_GGML_TYPE_F32, D, D, 1.0f, 0);
+		add_t(zw, "blk.0.attn_k.weight", RT_GGML_TYPE_F32, D, D, 1.0f, 0);
+		void *zb;
+		size_t zl;
+		assert_int_equal(rt_gguf_writer_to_memory(zw, &zb, &zl), 0);
+		rt_gguf_writer_free(zw);
+		assert_int_equal(rt_gguf_open_memory(zb, zl, &g), 0);
+		assert_int_equal(rt_engine_new(g, NULL, &e), -FL_EFORMAT);
+		rt_gguf_free(g);
+		free(zb);
+	}
+	{
+		/* a weight type the kernels do not handle (Q5_K, raw bytes) */
+		struct rt_gguf_writer *zw = NULL;
+		assert_int_equal(rt_gguf_writer_new(&zw), 0);
+		assert_int_equal(rt_gguf_add_str(zw, "general.architecture", "llama"), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.embedding_length", D), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.block_count", 1), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.feed_forward_length", NFF), 0);
+		assert_int_equal(rt_gguf_add_u32(zw, "llama.attention.head_count", 8), 0);
+		uint64_t nb = 0;
+		assert_int_equal(rt_ggml_row_bytes(RT_GGML_TYPE_Q5_K, (uint64_t)D * 8, &nb), 0);
+		uint8_t *raw = calloc(1, nb);
+		assert_non_null(raw);
+		int64_t ne[2] = {D, 8};
+		assert_int_equal(rt_gguf_add_tensor_raw(zw, "token_embd.weight", RT_GGML_TYPE_Q5_K, 2, ne, raw, nb), 0);
+		free(raw);
+		void *zb;
+		size_t zl;
+		assert_int_equal(rt_gguf_writer_to_memory(zw, &zb, &zl), 0);
+		rt_gguf_writer_free(zw);
+		assert_int_equal(rt_gguf_open_memory(zb, zl, &g), 0);
+		assert_int_equal(rt_engine_new(g, NULL, &e), -FL_EUNSUPPORTED);
+		rt_gguf_free(g);
+		free(zb);
+	}
 
 	/* a missing tensor, an unknown architecture */
 	struct rt_gguf_writer *w = NULL;
@@ -596,7 +687,7 @@ static void write_model_dir(const char *dir)
 	char path[512];
 	assert_true(mkdir(dir, 0755) == 0 || errno == EEXIST);
 	snprintf(path, sizeof(path), "%s/m.gguf", dir);
-	struct spec s = {"llama", RT_GGML_TYPE_Q8_0, 8, 2, 32, false, false, 21};
+	struct spec s = {"llama", RT_GGML_TYPE_Q8_0, 8, 2, 32, false, false, 21, 0, false, NULL};
 	struct rt_gguf_writer *w = model_writer(&s, tiny_vocab_size(), true);
 	assert_int_equal(rt_gguf_writer_write(w, path), 0);
 	rt_gguf_writer_free(w);

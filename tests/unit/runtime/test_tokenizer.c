@@ -282,7 +282,7 @@ static void test_bpe_tiny(void **state)
 		store[b][l] = '\0';
 		toks[b] = store[b];
 	}
-	const char *merged[] = {"\xc4\xa0t", "he", "\xc4\xa0the", "\xc4\xa0" "a", "<|endoftext|>"};
+	const char *merged[] = {"\xc4\xa0t", "he", "\xc4\xa0the", "\xc4\xa0\x61", "<|endoftext|>"};
 	for (size_t i = 0; i < FL_ARRAY_SIZE(merged); i++)
 		toks[256 + i] = merged[i];
 	size_t nt = 256 + FL_ARRAY_SIZE(merged);
