@@ -62,6 +62,18 @@ static int envelope_manifest(const char *env, size_t len, struct ota_manifest **
 	return r;
 }
 
+/* The manifest of the version the journal records in SLOT of MODEL. */
+static int slot_manifest(struct agent *a, const char *model, char slot, struct ota_manifest **ret)
+{
+	struct slot_rec sr;
+	int r = journal_slot_get(a->journal, model, slot, &sr);
+	if (r < 0)
+		return r;
+	r = sr.envelope ? envelope_manifest(sr.envelope, sr.envelope_len, ret) : -FL_EMISSING;
+	free(sr.envelope);
+	return r;
+}
+
 struct verify_ctx {
 	struct agent *a;
 	int64_t now;
@@ -335,13 +347,8 @@ static int recover_model(void *ud, const char *model)
 		return reject_staged(a, s, &rec, -FL_ESTATE, msg);
 	case ST_SWITCHING: {
 		/* Tests passed before SWITCHING was written: complete forward. */
-		struct slot_rec sr;
-		r = journal_slot_get(a->journal, model, rec.to_slot, &sr);
-		if (r < 0)
-			return r;
 		_cleanup_(ota_manifest_freep) struct ota_manifest *m = NULL;
-		r = sr.envelope ? envelope_manifest(sr.envelope, sr.envelope_len, &m) : -FL_EMISSING;
-		free(sr.envelope);
+		r = slot_manifest(a, model, rec.to_slot, &m);
 		if (r < 0)
 			return r;
 		return finish_switch(a, s, &rec, m);
@@ -439,13 +446,8 @@ static int tick_model(void *ud, const char *model)
 	int r = journal_install_pending(a->journal, model, &rec);
 	if (r <= 0 || rec.state != ST_TRIAL)
 		return r < 0 ? r : 0;
-	struct slot_rec sr;
-	r = journal_slot_get(a->journal, model, rec.to_slot, &sr);
-	if (r < 0)
-		return r;
 	_cleanup_(ota_manifest_freep) struct ota_manifest *m = NULL;
-	r = sr.envelope ? envelope_manifest(sr.envelope, sr.envelope_len, &m) : -FL_EMISSING;
-	free(sr.envelope);
+	r = slot_manifest(a, model, rec.to_slot, &m);
 	if (r < 0)
 		return r;
 	if (fl_now_s() - rec.trial_start_s < (int64_t)m->trial.window_s)

@@ -260,15 +260,14 @@ int journal_install_last(struct journal *j, const char *model, struct install_re
 			     model, ret);
 }
 
-int journal_pending_models(struct journal *j, int (*cb)(void *ud, const char *model), void *ud)
+/* Run SQL (one text column, no parameters) and collect the values first:
+ * callers then call back into the journal, which writes. Caller frees. */
+static int collect_names(struct journal *j, const char *sql, char (**ret)[J_MODEL_MAX],
+			 size_t *ret_n)
 {
 	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(j->db,
-			       "SELECT DISTINCT model FROM installs WHERE state NOT IN (0,6,7,9)"
-			       " ORDER BY model",
-			       -1, &st, NULL) != SQLITE_OK)
-		return db_err(j, "prepare pending");
-	/* Collect first: the callback writes to the journal. */
+	if (sqlite3_prepare_v2(j->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return db_err(j, "prepare names");
 	char (*names)[J_MODEL_MAX] = NULL;
 	size_t n = 0;
 	int rc;
@@ -283,7 +282,23 @@ int journal_pending_models(struct journal *j, int (*cb)(void *ud, const char *mo
 		col_text(st, 0, names[n++], J_MODEL_MAX);
 	}
 	sqlite3_finalize(st);
-	int r = rc == SQLITE_DONE ? 0 : db_err(j, "pending");
+	if (rc != SQLITE_DONE) {
+		free(names);
+		return db_err(j, "names");
+	}
+	*ret = names;
+	*ret_n = n;
+	return 0;
+}
+
+int journal_pending_models(struct journal *j, int (*cb)(void *ud, const char *model), void *ud)
+{
+	char (*names)[J_MODEL_MAX] = NULL;
+	size_t n = 0;
+	int r = collect_names(j,
+			      "SELECT DISTINCT model FROM installs WHERE state NOT IN (0,6,7,9)"
+			      " ORDER BY model",
+			      &names, &n);
 	for (size_t i = 0; i < n && r == 0; i++)
 		r = cb(ud, names[i]);
 	free(names);
@@ -441,27 +456,12 @@ int journal_model_get(struct journal *j, const char *model, struct model_rec *re
 
 int journal_models(struct journal *j, int (*cb)(void *ud, const struct model_rec *m), void *ud)
 {
-	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(j->db,
-			       "SELECT name FROM (SELECT name FROM models UNION "
-			       "SELECT model AS name FROM installs) ORDER BY name",
-			       -1, &st, NULL) != SQLITE_OK)
-		return db_err(j, "prepare models");
 	char (*names)[J_MODEL_MAX] = NULL;
 	size_t n = 0;
-	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		void *nn = realloc(names, (n + 1) * sizeof(*names));
-		if (!nn) {
-			free(names);
-			sqlite3_finalize(st);
-			return -ENOMEM;
-		}
-		names = nn;
-		col_text(st, 0, names[n++], J_MODEL_MAX);
-	}
-	sqlite3_finalize(st);
-	int r = rc == SQLITE_DONE ? 0 : db_err(j, "models");
+	int r = collect_names(j,
+			      "SELECT name FROM (SELECT name FROM models UNION "
+			      "SELECT model AS name FROM installs) ORDER BY name",
+			      &names, &n);
 	for (size_t i = 0; i < n && r == 0; i++) {
 		struct model_rec m;
 		r = journal_model_get(j, names[i], &m);

@@ -1,6 +1,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -128,4 +129,31 @@ bool fl_name_valid(const char *s, size_t max_len)
 			return false;
 	}
 	return true;
+}
+
+int fl_buf_append(struct fl_buf *b, const void *data, size_t n)
+{
+	if (n > SIZE_MAX / 2 - b->len - 1)
+		return -ENOMEM;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p)
+			return -ENOMEM;
+		b->p = p;
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->len, data, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+	return 0;
+}
+
+void fl_buf_free(struct fl_buf *b)
+{
+	free(b->p);
+	*b = (struct fl_buf){0};
 }

@@ -271,8 +271,8 @@ static int open_parent(struct rctx *c, const char *rel, bool create, int *ret_fd
 
 static int extract_open(struct rctx *c, const char *rel, int *ret_fd)
 {
-	int dfd;
-	const char *base;
+	int dfd = -1;
+	const char *base = NULL;
 	int r = open_parent(c, rel, true, &dfd, &base);
 	if (r < 0)
 		return r;

@@ -844,10 +844,10 @@ int rt_gguf_get_u64(const struct rt_gguf *g, const char *key, uint64_t *ret)
 int rt_gguf_get_f64(const struct rt_gguf *g, const char *key, double *ret)
 {
 	const struct kv *kv;
-	int64_t i;
-	uint64_t u;
-	double f;
-	bool sgn;
+	int64_t i = 0;
+	uint64_t u = 0;
+	double f = 0;
+	bool sgn = false;
 	int r = get_scalar(g, key, &kv);
 	if (r < 0)
 		return r;
@@ -860,7 +860,7 @@ int rt_gguf_get_f64(const struct rt_gguf *g, const char *key, double *ret)
 
 int rt_gguf_get_f32(const struct rt_gguf *g, const char *key, float *ret)
 {
-	double d;
+	double d = 0;
 	int r = rt_gguf_get_f64(g, key, &d);
 	if (r < 0)
 		return r;

@@ -12,6 +12,7 @@
 
 #include "flotilla/cleanup.h"
 #include "flotilla/error.h"
+#include "flotilla/util.h"
 #include "tokenizer_internal.h"
 
 struct merge {
@@ -96,29 +97,6 @@ static int vpush(struct i32vec *v, int32_t x)
 		v->cap = cap;
 	}
 	v->v[v->n++] = x;
-	return 0;
-}
-
-struct cbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static int cput(struct cbuf *b, const void *data, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		char *p = realloc(b->p, cap);
-		if (!p)
-			return -ENOMEM;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0';
 	return 0;
 }
 
@@ -431,7 +409,7 @@ static int byte_token_value(const struct rt_tokenizer *t, uint32_t id)
 /* llama_token_to_piece(special = true) for every token. */
 static int build_pieces(struct rt_tokenizer *t)
 {
-	struct cbuf b = {0};
+	struct fl_buf b = {0};
 	int r = 0;
 	t->piece_off = malloc(t->n_vocab * sizeof(uint32_t));
 	t->piece_len = malloc(t->n_vocab * sizeof(uint32_t));
@@ -443,14 +421,14 @@ static int build_pieces(struct rt_tokenizer *t)
 		size_t len = t->text_len[id];
 		uint8_t at = t->attrs[id];
 		if (at & (A_UNKNOWN | A_CONTROL | A_USER_DEFINED)) {
-			r = cput(&b, s, len);
+			r = fl_buf_append(&b, s, len);
 		} else if ((at & A_NORMAL) && t->kind == RT_TOK_SPM) {
 			for (size_t i = 0; i < len && r >= 0;) {
 				if (i + 3 <= len && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
-					r = cput(&b, " ", 1);
+					r = fl_buf_append(&b, " ", 1);
 					i += 3;
 				} else {
-					r = cput(&b, s + i, 1);
+					r = fl_buf_append(&b, s + i, 1);
 					i++;
 				}
 			}
@@ -463,28 +441,28 @@ static int build_pieces(struct rt_tokenizer *t)
 				int byte = rt_cpt_to_byte(cpts[i]);
 				if (byte >= 0) {
 					char c = (char)byte;
-					r = cput(&b, &c, 1);
+					r = fl_buf_append(&b, &c, 1);
 				} else {
 					char u[4], hex[16];
 					size_t ul = rt_utf8_encode(cpts[i], u);
-					r = cput(&b, "[UNK_BYTE_0x", 12);
+					r = fl_buf_append(&b, "[UNK_BYTE_0x", 12);
 					for (size_t k = 0; k < ul && r >= 0; k++) {
 						snprintf(hex, sizeof(hex), "%02x", (uint8_t)u[k]);
-						r = cput(&b, hex, 2);
+						r = fl_buf_append(&b, hex, 2);
 					}
 					if (r >= 0)
-						r = cput(&b, s, len);
+						r = fl_buf_append(&b, s, len);
 					if (r >= 0)
-						r = cput(&b, "]", 1);
+						r = fl_buf_append(&b, "]", 1);
 				}
 			}
 		} else if (at & A_BYTE) {
 			int v = byte_token_value(t, id);
 			if (v >= 0) {
 				char c = (char)v;
-				r = cput(&b, &c, 1);
+				r = fl_buf_append(&b, &c, 1);
 			} else {
-				r = cput(&b, s, len);
+				r = fl_buf_append(&b, s, len);
 			}
 		}
 		if (b.len - start > UINT32_MAX || b.len > UINT32_MAX)
@@ -492,7 +470,7 @@ static int build_pieces(struct rt_tokenizer *t)
 		t->piece_off[id] = (uint32_t)start;
 		t->piece_len[id] = (uint32_t)(b.len - start);
 		if (r >= 0)
-			r = cput(&b, "", 1); /* NUL after each piece */
+			r = fl_buf_append(&b, "", 1); /* NUL after each piece */
 	}
 	if (r < 0) {
 		free(b.p);
@@ -1062,7 +1040,7 @@ static int bpe_tokenize(struct session *s, const char *text, size_t len)
 {
 	_cleanup_free_ uint32_t *cpts = malloc((len ? len : 1) * sizeof(uint32_t));
 	_cleanup_free_ size_t *words = malloc((len ? len : 1) * sizeof(size_t));
-	struct cbuf w = {0};
+	struct fl_buf w = {0};
 	if (!cpts || !words)
 		return -ENOMEM;
 	size_t nc = rt_utf8_decode(text, len, cpts);
@@ -1077,7 +1055,7 @@ static int bpe_tokenize(struct session *s, const char *text, size_t len)
 			for (size_t j = 0; j < ul && r >= 0; j++) {
 				char e[4];
 				size_t el = rt_byte_to_utf8((uint8_t)u[j], e);
-				r = cput(&w, e, el);
+				r = fl_buf_append(&w, e, el);
 			}
 		}
 		ci += words[wi];
@@ -1098,7 +1076,7 @@ int rt_tokenize(const struct rt_tokenizer *t, const char *text, size_t len, bool
 	struct fragvec frags = {0};
 	struct i32vec out = {0};
 	struct session s = {.t = t, .out = &out};
-	struct cbuf buf = {0};
+	struct fl_buf buf = {0};
 	int r = partition(t, text ? text : "", len, parse_special, &frags);
 	if (r < 0)
 		return r;
@@ -1118,10 +1096,10 @@ int rt_tokenize(const struct rt_tokenizer *t, const char *text, size_t len, bool
 			 * every ' ' becomes U+2581. */
 			buf.len = 0;
 			if (t->add_space_prefix && prev_special)
-				r = cput(&buf, "\xe2\x96\x81", 3);
+				r = fl_buf_append(&buf, "\xe2\x96\x81", 3);
 			for (size_t j = 0; j < f->len && r >= 0; j++) {
 				char c = text[f->off + j];
-				r = c == ' ' ? cput(&buf, "\xe2\x96\x81", 3) : cput(&buf, &c, 1);
+				r = c == ' ' ? fl_buf_append(&buf, "\xe2\x96\x81", 3) : fl_buf_append(&buf, &c, 1);
 			}
 			if (r >= 0)
 				r = spm_tokenize(&s, buf.p, buf.len);
@@ -1169,8 +1147,8 @@ int rt_detokenize(const struct rt_tokenizer *t, const int32_t *ids, size_t n, bo
 {
 	if (!t || (!ids && n) || !ret_text)
 		return -EINVAL;
-	struct cbuf b = {0};
-	int r = cput(&b, "", 0);
+	struct fl_buf b = {0};
+	int r = fl_buf_append(&b, "", 0);
 	for (size_t i = 0; i < n && r >= 0; i++) {
 		size_t len;
 		const char *p = rt_token_piece(t, ids[i], special, &len);
@@ -1183,7 +1161,7 @@ int rt_detokenize(const struct rt_tokenizer *t, const int32_t *ids, size_t n, bo
 			p++;
 			len--;
 		}
-		r = cput(&b, p, len);
+		r = fl_buf_append(&b, p, len);
 	}
 	if (r < 0) {
 		free(b.p);

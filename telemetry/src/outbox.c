@@ -550,29 +550,6 @@ out:
 
 /* ------------------------------------------------------------------- take */
 
-struct strbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static int sb_add(struct strbuf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		char *p = realloc(b->p, cap);
-		if (!p)
-			return -ENOMEM;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return 0;
-}
-
 struct row {
 	uint64_t seq;
 	int cls;
@@ -588,7 +565,7 @@ static void rows_free(struct row *rows, size_t n)
 }
 
 static int envelope(const struct tele_outbox *ob, const struct row *rows, size_t k,
-		    struct strbuf *b)
+		    struct fl_buf *b)
 {
 	char head[256];
 	int r = fl_snprintf(head, sizeof(head),
@@ -599,13 +576,13 @@ static int envelope(const struct tele_outbox *ob, const struct row *rows, size_t
 	if (r < 0)
 		return r;
 	b->len = 0;
-	if ((r = sb_add(b, head, (size_t)r)) < 0)
+	if ((r = fl_buf_append(b, head, (size_t)r)) < 0)
 		return r;
 	for (size_t i = 0; i < k; i++)
-		if ((i && (r = sb_add(b, ",", 1)) < 0) ||
-		    (r = sb_add(b, rows[i].body, rows[i].len)) < 0)
+		if ((i && (r = fl_buf_append(b, ",", 1)) < 0) ||
+		    (r = fl_buf_append(b, rows[i].body, rows[i].len)) < 0)
 			return r;
-	return sb_add(b, "]}", 2);
+	return fl_buf_append(b, "]}", 2);
 }
 
 void tele_batch_free(struct tele_batch *b)
@@ -678,7 +655,7 @@ int tele_outbox_take(struct tele_outbox *ob, enum tele_stream stream, size_t max
 
 	/* Largest prefix whose encoding fits MAX_BYTES: halve until it does. A
 	 * single record always fits (TELE_BATCH_MIN_BYTES). */
-	struct strbuf b = {0};
+	struct fl_buf b = {0};
 	uint8_t *z = NULL;
 	size_t zlen = 0, k = n;
 	bool compressed = false;

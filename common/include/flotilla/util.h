@@ -31,6 +31,16 @@ int fl_time_parse(const char *s, int64_t *ret);
 /* OUT must hold at least 21 bytes. */
 void fl_time_format(int64_t t, char out[21]);
 
+/* A growable byte buffer, always NUL-terminated after LEN bytes (when P is
+ * not NULL). Start with {0}; release with fl_buf_free(). */
+struct fl_buf {
+	char *p;
+	size_t len, cap;
+};
+/* Append N bytes (may be 0); -ENOMEM leaves B unchanged. */
+int fl_buf_append(struct fl_buf *b, const void *data, size_t n);
+void fl_buf_free(struct fl_buf *b);
+
 /* True when S is a safe identifier: 1..MAX_LEN of [A-Za-z0-9._-], not starting
  * with '.' or '-'. Model names, device ids and file names use it. */
 bool fl_name_valid(const char *s, size_t max_len);

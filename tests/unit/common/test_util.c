@@ -31,6 +31,26 @@ static void test_strings(void **state)
 	free(s);
 }
 
+static void test_buf(void **state)
+{
+	(void)state;
+	struct fl_buf b = {0};
+	assert_int_equal(fl_buf_append(&b, "", 0), 0);
+	assert_non_null(b.p);
+	assert_string_equal(b.p, "");
+	for (int i = 0; i < 1000; i++)
+		assert_int_equal(fl_buf_append(&b, "abc", 3), 0);
+	assert_int_equal(b.len, 3000);
+	assert_int_equal(strlen(b.p), 3000);
+	assert_memory_equal(b.p + 2997, "abc", 3);
+	assert_true(b.cap > b.len);
+	assert_int_equal(fl_buf_append(&b, "x", SIZE_MAX - 10), -ENOMEM);
+	assert_int_equal(b.len, 3000);
+	fl_buf_free(&b);
+	assert_null(b.p);
+	assert_int_equal(b.len, 0);
+}
+
 static void test_parse_i64(void **state)
 {
 	(void)state;
@@ -171,7 +191,8 @@ static void test_log(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_strings),   cmocka_unit_test(test_parse_i64),
+		cmocka_unit_test(test_strings),   cmocka_unit_test(test_buf),
+		cmocka_unit_test(test_parse_i64),
 		cmocka_unit_test(test_time),      cmocka_unit_test(test_names),
 		cmocka_unit_test(test_failpoints), cmocka_unit_test(test_log),
 	};
