@@ -1,13 +1,20 @@
-/* Acceptance tests run on a staged slot before the switch. */
+/* Acceptance tests run on a staged slot before the switch: the model must
+ * load in the runtime and answer each of the manifest's prompts within its
+ * budgets. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "agent.h"
+#include <flotilla/backend.h>
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
 #include <flotilla/gguf.h>
+#include <flotilla/json.h>
+#include <flotilla/log.h>
+#include <flotilla/util.h>
 
 const char *const agent_backends[] = {"gguf", NULL};
 
@@ -17,6 +24,43 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= k && !strcmp(s + n - k, suffix);
 }
 
+int agent_model_file(const struct ota_manifest *m, const char **ret_path)
+{
+	/* runtime.model names the file when a bundle holds several GGUFs. */
+	const char *named = NULL;
+	if (m->runtime && fl_json_get_str_opt(m->runtime, "model", NULL, &named) < 0)
+		return -FL_ESCHEMA;
+	const char *found = NULL;
+	for (size_t i = 0; i < m->n_files; i++) {
+		const char *p = m->files[i].path;
+		if (named ? !strcmp(p, named) : ends_with(p, ".gguf")) {
+			if (found)
+				return -FL_EDUP; /* ambiguous: the manifest must say */
+			found = p;
+		}
+	}
+	if (!found)
+		return -FL_EMISSING;
+	*ret_path = found;
+	return 0;
+}
+
+void agent_backend_opts(const struct ota_manifest *m, struct rt_backend_opts *o)
+{
+	rt_backend_opts_default(o);
+	int64_t v;
+	if (m->runtime && fl_json_get_int(m->runtime, "context_length", 16, 1 << 20, &v) == 0)
+		o->n_ctx = (int)v;
+	if (m->runtime && fl_json_get_int(m->runtime, "threads", 1, 256, &v) == 0)
+		o->n_threads = (int)v;
+}
+
+static long maxrss_kib(void)
+{
+	struct rusage ru;
+	return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0;
+}
+
 int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, size_t why_len)
 {
 	if (!m->compat.backend || strcmp(m->compat.backend, "gguf") != 0) {
@@ -24,36 +68,72 @@ int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, s
 			 m->compat.backend ? m->compat.backend : "(none)");
 		return -FL_EACCEPT;
 	}
-	/* The model must load: every GGUF payload is opened and fully checked
-	 * by the runtime's reader (offsets, sizes, types, alignment). */
-	size_t n_gguf = 0;
-	for (size_t i = 0; i < m->n_files; i++) {
-		if (!ends_with(m->files[i].path, ".gguf"))
-			continue;
-		n_gguf++;
-		_cleanup_free_ char *p = fl_path_join(dir, m->files[i].path);
-		if (!p)
-			return -ENOMEM;
-		struct rt_gguf *g = NULL;
-		int r = rt_gguf_open(p, &g);
-		if (r < 0) {
-			snprintf(why, why_len, "%s does not load: %s", m->files[i].path,
-				 rt_gguf_last_error());
-			return -FL_EACCEPT;
+	const char *rel = NULL;
+	int r = agent_model_file(m, &rel);
+	if (r < 0) {
+		snprintf(why, why_len, "%s", r == -FL_EDUP ? "several .gguf files and no runtime.model"
+				     : r == -FL_EMISSING ? "no model file in the bundle"
+							 : "runtime.model is not a string");
+		return -FL_EACCEPT;
+	}
+	_cleanup_free_ char *path = fl_path_join(dir, rel);
+	if (!path)
+		return -ENOMEM;
+	/* The reader checks every offset, size, type and alignment first, so a
+	 * malformed file is named precisely before the engine sees it. */
+	struct rt_gguf *g = NULL;
+	if (rt_gguf_open(path, &g) < 0) {
+		snprintf(why, why_len, "%s does not load: %s", rel, rt_gguf_last_error());
+		return -FL_EACCEPT;
+	}
+	rt_gguf_free(g);
+
+	struct rt_backend_opts opts;
+	agent_backend_opts(m, &opts);
+	long rss0 = maxrss_kib();
+	int64_t t0 = fl_mono_ms();
+	struct rt_backend *b = NULL;
+	r = rt_backend_open("gguf", path, &opts, &b);
+	if (r < 0) {
+		snprintf(why, why_len, "%s does not load in the engine: %s", rel, fl_strerror(r));
+		return -FL_EACCEPT;
+	}
+	fl_info("acceptance: %s loaded in %lld ms", rel, (long long)(fl_mono_ms() - t0));
+	for (size_t i = 0; i < m->n_tests && r == 0; i++) {
+		const struct ota_acceptance_test *t = &m->tests[i];
+		const char *label = t->name ? t->name : "";
+		struct rt_gen_request req;
+		rt_gen_request_default(&req);
+		rt_sampling_greedy(&req.sampling);
+		req.prompt = t->prompt;
+		req.max_tokens = t->max_tokens ? (int)t->max_tokens : 32;
+		struct rt_gen_result res = {0};
+		int64_t s = fl_mono_ns();
+		int k = rt_backend_generate(b, &req, &res);
+		int64_t us = (fl_mono_ns() - s) / 1000, ms = us / 1000;
+		long rss_mb = (maxrss_kib() - rss0) / 1024;
+		if (k < 0) {
+			snprintf(why, why_len, "test %zu %s: generation failed: %s", i + 1, label,
+				 fl_strerror(k));
+			r = -FL_EACCEPT;
+		} else if (t->expect && !strstr(res.text, t->expect)) {
+			snprintf(why, why_len, "test %zu %s: output does not contain \"%.64s\" (got \"%.80s\")",
+				 i + 1, label, t->expect, res.text);
+			r = -FL_EACCEPT;
+		} else if (t->latency_budget_ms && us > (int64_t)t->latency_budget_ms * 1000) {
+			snprintf(why, why_len, "test %zu %s: %lld.%03lld ms, budget %u ms", i + 1, label,
+				 (long long)ms, (long long)(us % 1000), t->latency_budget_ms);
+			r = -FL_EACCEPT;
+		} else if (t->memory_budget_mb && rss_mb > (long)t->memory_budget_mb) {
+			snprintf(why, why_len, "test %zu %s: %ld MiB more memory, budget %u MiB", i + 1,
+				 label, rss_mb, t->memory_budget_mb);
+			r = -FL_EACCEPT;
+		} else {
+			fl_info("acceptance: test %zu %s passed (%d tokens, %lld ms)", i + 1, label,
+				res.n_gen, (long long)ms);
 		}
-		rt_gguf_free(g);
+		rt_gen_result_free(&res);
 	}
-	if (n_gguf == 0) {
-		snprintf(why, why_len, "backend gguf but the bundle has no .gguf file");
-		return -FL_EACCEPT;
-	}
-	if (m->n_tests > 0) {
-		/* Prompt tests need the built-in engine's generate loop; until it is
-		 * wired in, a bundle that asks for them is refused rather than
-		 * passed untested. */
-		snprintf(why, why_len, "%zu acceptance prompt(s) need the inference engine, "
-			 "which this agent build cannot run yet", m->n_tests);
-		return -FL_EACCEPT;
-	}
-	return 0;
+	rt_backend_close(b);
+	return r;
 }

@@ -66,6 +66,16 @@ int agent_check(struct agent *a);
  * a reason in WHY. */
 int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, size_t why_len);
 
+/* The model file of a manifest: runtime.model, else its only .gguf file.
+ * -FL_EMISSING none, -FL_EDUP several and no runtime.model. */
+int agent_model_file(const struct ota_manifest *m, const char **ret_path);
+struct rt_backend_opts;
+/* Backend options from the manifest's runtime settings. */
+void agent_backend_opts(const struct ota_manifest *m, struct rt_backend_opts *o);
+
+/* `flotilla-agent run-model`: try a model before deploying it. */
+int agent_run_model(int argc, char **argv);
+
 /* Backends this agent can run (NULL-terminated). */
 extern const char *const agent_backends[];
 

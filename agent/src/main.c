@@ -21,6 +21,7 @@ static void usage(FILE *f)
 	      "\n"
 	      "Commands:\n"
 	      "  run                       the service: install bundles dropped in STATE/spool\n"
+	      "  run-model MODEL --prompt T  try a model: generate and print timings\n"
 	      "  install BUNDLE.tar        verify, stage, test and switch to a signed bundle\n"
 	      "  status [--json]           slots, versions, install state, last error\n"
 	      "  revert MODEL              go back to the version in the other slot\n"
@@ -146,6 +147,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *cmd = argv[optind];
+	if (!strcmp(cmd, "run-model"))
+		return agent_run_model(argc - optind, argv + optind);
 	int nargs = argc - optind - 1;
 	char **args = argv + optind + 1;
 

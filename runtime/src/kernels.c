@@ -1,6 +1,9 @@
 /* Kernels: dispatch, scalar reference implementations, element-wise ops.
  * The numerics follow ggml's CPU backend (see docs/engine.md). */
 #include <errno.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <stddef.h>
 #include <pthread.h>
@@ -189,6 +192,18 @@ static enum rt_isa g_best = RT_ISA_SCALAR;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static struct rt_kfuncs g_table; /* best ISA, NULL slots filled from scalar */
 
+#if defined(__x86_64__)
+/* F16C from cpuid leaf 1 (ECX bit 29): not every compiler's
+ * __builtin_cpu_supports() knows "f16c". AVX2 implies the OS saves YMM. */
+static bool cpu_has_f16c(void)
+{
+	unsigned a, b, c, d;
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return false;
+	return (c >> 29) & 1u;
+}
+#endif
+
 static void kernels_init(void)
 {
 	for (uint32_t h = 0; h < 65536; h++)
@@ -196,8 +211,7 @@ static void kernels_init(void)
 	const struct rt_kfuncs *k = &kfuncs_scalar;
 #if defined(__x86_64__)
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c")) {
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
 		g_best = RT_ISA_AVX2;
 		k = &rt_kfuncs_avx2;
 	}
@@ -407,6 +421,7 @@ typedef void (*dot4_fn)(int64_t n, const void *w, const void *x, size_t xs, cons
 
 /* Float block scales of up to MM_TILE Q8_0 activation rows (per thread). */
 #define MM_TILE 16
+#define MM_ROW_BLOCK_BYTES (96 * 1024)
 #define MM_XD_MAX_BLOCKS 2048 /* rows up to 65536 elements */
 static _Thread_local float g_xd[MM_TILE * MM_XD_MAX_BLOCKS];
 
@@ -456,20 +471,29 @@ void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int
 				}
 			}
 		}
-		for (int64_t r = r0; r < r1; r++) {
-			const uint8_t *wr = wb + (size_t)r * row_bytes;
+		/* Rows in blocks of about MM_ROW_BLOCK_BYTES (they stay in L2) swept
+		 * once per group of 4 tokens (whose activations stay in L1). */
+		int64_t rb = (int64_t)(MM_ROW_BLOCK_BYTES / (row_bytes ? row_bytes : 1));
+		if (rb < 1)
+			rb = 1;
+		for (int64_t rb0 = r0; rb0 < r1; rb0 += rb) {
+			int64_t rb1 = rb0 + rb < r1 ? rb0 + rb : r1;
 			int64_t t = t0;
 			if (d4) {
 				for (; t + 4 <= t1; t += 4) {
-					float o[4];
 					const float *xd = q8_0_act ? g_xd + (size_t)((t - t0) / 4) * (size_t)nb * 4 : NULL;
-					d4(n, wr, xb + (size_t)t * xq_stride, xq_stride, xd, o);
-					for (int i = 0; i < 4; i++)
-						y[(t + i) * ldy + r] = o[i];
+					for (int64_t r = rb0; r < rb1; r++) {
+						float o[4];
+						d4(n, wb + (size_t)r * row_bytes, xb + (size_t)t * xq_stride, xq_stride, xd, o);
+						for (int i = 0; i < 4; i++)
+							y[(t + i) * ldy + r] = o[i];
+					}
 				}
 			}
 			for (; t < t1; t++)
-				y[t * ldy + r] = vec_dot(k, wtype, n, wr, xb + (size_t)t * xq_stride);
+				for (int64_t r = rb0; r < rb1; r++)
+					y[t * ldy + r] = vec_dot(k, wtype, n, wb + (size_t)r * row_bytes,
+								 xb + (size_t)t * xq_stride);
 		}
 	}
 }

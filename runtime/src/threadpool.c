@@ -5,13 +5,17 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "flotilla/threadpool.h"
 
-/* Iterations of the spin loops before sleeping (workers) or yielding the
- * CPU (the caller waiting at the barrier): roughly 50-400 microseconds. */
-#define TP_SPIN_ITERS 20000
+/* How long workers spin for the next job before sleeping, and the caller
+ * spins at the barrier before yielding the CPU. Decode makes a dispatch every
+ * few tens of microseconds; the clock is read every TP_SPIN_CHECK pauses
+ * (a pause costs 1 to 150 cycles depending on the CPU). */
+#define TP_SPIN_NS 300000
+#define TP_SPIN_CHECK 64
 /* Chunks per thread: more than one lets a running thread take the chunks of
  * a worker the kernel has not scheduled yet (busy machines). */
 #define TP_CHUNKS_PER_THREAD RT_THREADPOOL_CHUNKS_PER_THREAD
@@ -44,6 +48,25 @@ struct worker_arg {
 	struct rt_threadpool *tp;
 	int idx;
 };
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spin budget: true while SPINS (incremented here) stays within TP_SPIN_NS
+ * of the first call (*START = 0 initially). */
+static bool keep_spinning(int *spins, int64_t *start)
+{
+	if (++*spins % TP_SPIN_CHECK != 0)
+		return true;
+	int64_t t = now_ns();
+	if (*start == 0)
+		*start = t;
+	return t - *start < TP_SPIN_NS;
+}
 
 static inline void cpu_relax(void)
 {
@@ -88,9 +111,10 @@ static void *worker_main(void *p)
 	for (;;) {
 		uint32_t g;
 		int spins = 0;
+		int64_t start = 0;
 		while ((g = (uint32_t)(atomic_load_explicit(&tp->ticket, memory_order_acquire) >> 32)) == seen &&
 		       !atomic_load_explicit(&tp->stop, memory_order_acquire)) {
-			if (++spins < TP_SPIN_ITERS) {
+			if (keep_spinning(&spins, &start)) {
 				cpu_relax();
 				continue;
 			}
@@ -197,12 +221,11 @@ void rt_threadpool_for(struct rt_threadpool *tp, int64_t n, int64_t grain, rt_tp
 	pthread_mutex_unlock(&tp->mu);
 	run_chunks(tp, tp->gen, 0);
 	int spins = 0;
+	int64_t start = 0;
 	while (atomic_load_explicit(&tp->done, memory_order_acquire) < nc) {
-		if (++spins < TP_SPIN_ITERS) {
+		if (keep_spinning(&spins, &start))
 			cpu_relax();
-		} else {
+		else
 			sched_yield();
-			spins = 0;
-		}
 	}
 }

@@ -115,6 +115,32 @@ exec 9>&-
 out=$("$AGENT" --state-dir "$tmp/s2" --trust-dir "$tmp/nowhere" install "$tmp/v1.tar" 2>&1)
 check "no trust store: install refused" grep -q "unknown key" <<<"$out"
 
+# Acceptance tests in the manifest run on the device before the switch.
+created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+expires=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
+accept_bundle() { # accept_bundle OUT VERSION SEQ ACCEPTANCE_JSON
+  jq -n --arg v "$2" --argjson s "$3" --arg c "$created" --arg e "$expires" --argjson a "$4" \
+    '{name: "tiny", version: $v, sequence: $s, created: $c, expires: $e,
+      compatibility: {backend: "gguf"}, runtime: {context_length: 256, threads: 1},
+      acceptance: $a}' >"$tmp/tmpl.json"
+  "$FLOTILLA" bundle create --template "$tmp/tmpl.json" --key "$tmp/keys/release.pem" -o "$1" "$tmp/v1/model.gguf" >/dev/null
+}
+out_of() { "$AGENT" run-model "$1" --prompt "$2" -n "$3" 2>/dev/null; }
+greedy=$(out_of "$tmp/v1/model.gguf" "Hello" 8)
+check "run-model is deterministic (greedy twice)" [ "$greedy" = "$(out_of "$tmp/v1/model.gguf" "Hello" 8)" ]
+check "run-model prints timings" bash -c "'$AGENT' run-model '$tmp/v1/model.gguf' --prompt Hi -n 4 2>&1 >/dev/null | grep -q 'tok/s'"
+S=$tmp/accept
+accept_bundle "$tmp/a-good.tar" 5.0 5 '[{"name":"smoke","prompt":"Hello","max_tokens":8,"latency_budget_ms":60000,"memory_budget_mb":4096}]'
+check "bundle whose acceptance tests pass installs" agent install "$tmp/a-good.tar"
+accept_bundle "$tmp/a-expect.tar" 6.0 6 '[{"name":"answer","prompt":"Hello","expect":"no such output zzq","max_tokens":8}]'
+out=$(agent install "$tmp/a-expect.tar" 2>&1)
+check "wrong expected output: refused" grep -q "acceptance test failed" <<<"$out"
+check "reason names the test and the expectation" bash -c "'$AGENT' --state-dir '$S' --trust-dir '$T' status | grep -q 'test 1 answer: output does not contain'"
+accept_bundle "$tmp/a-slow.tar" 7.0 7 '[{"name":"fast","prompt":"Hello","max_tokens":250,"latency_budget_ms":1}]'
+out=$(agent install "$tmp/a-slow.tar" 2>&1)
+check "latency over budget: refused" bash -c "'$AGENT' --state-dir '$S' --trust-dir '$T' status | grep -q 'budget 1 ms'"
+check "good version still current" [ "$(cur_version)" = 5.0 ]
+
 # The service: bundles dropped into the spool directory get installed.
 S=$tmp/svc
 mkdir -p "$S/spool"

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "flotilla/gguf.h"
 
@@ -98,6 +99,20 @@ int rt_engine_truncate(struct rt_engine *e, int n_past);
 
 /* Threads the engine uses (the caller included). */
 int rt_engine_n_threads(const struct rt_engine *e);
+
+/* Command-line driver with the contract of bench/conformance/llref.c, for
+ * `flotilla-agent run-model` (ARGV[0] is the command name):
+ *   -m MODEL (-p TEXT | -i IDS) [-n N=64] [-t T=2] [-o REPORT]
+ *   [--logits F] [--logits-prompt F] [--no-bos] [--no-parse-special]
+ *   [--kv-f16] [--fa off] [--stop-eog] [-v]
+ * Greedy (argmax, ties to the lowest id) for N tokens after the prompt; KV
+ * cache F32 unless --kv-f16. The report ("flotilla 1", "n_vocab V",
+ * "prompt n ids...", "gen n ids...", "timing ...") goes to -o REPORT or to
+ * OUT; --logits / --logits-prompt get n_vocab raw little-endian floats (the
+ * distribution of the last generated token / at the last prompt position).
+ * Returns 0, or a negative code with a one-line message in ERR (ERR_SIZE
+ * bytes; may be NULL). Prints nothing else. */
+int rt_engine_run_cli(int argc, char **argv, FILE *out, char *err, size_t err_size);
 
 /* Name of an architecture ("llama", "qwen2", "qwen3"). */
 const char *rt_arch_name(enum rt_arch arch);

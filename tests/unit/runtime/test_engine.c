@@ -867,6 +867,100 @@ static void test_backend_gguf(void **state)
 	assert_int_equal(rt_backend_open("gguf", empty, &bo, &b), -FL_EMISSING);
 }
 
+static void test_run_cli(void **state)
+{
+	(void)state;
+	const char *tmp = getenv("FL_TEST_TMPDIR");
+	char dir[400], model[450], rep[450], lf[450], lpf[450];
+	snprintf(dir, sizeof(dir), "%s/engine_cli", tmp ? tmp : "/tmp");
+	if (tmp)
+		(void)mkdir(tmp, 0755);
+	write_model_dir(dir);
+	snprintf(model, sizeof(model), "%s/m.gguf", dir);
+	snprintf(rep, sizeof(rep), "%s/report.txt", dir);
+	snprintf(lf, sizeof(lf), "%s/logits.bin", dir);
+	snprintf(lpf, sizeof(lpf), "%s/logits_prompt.bin", dir);
+	char *argv[] = {"run-model", "-m", model, "-i", "1, 40,41 42", "-n", "6", "-t", "2",
+			"-o", rep, "--logits", lf, "--logits-prompt", lpf, NULL};
+	char err[256] = "";
+	assert_int_equal(rt_engine_run_cli(15, argv, stdout, err, sizeof(err)), 0);
+
+	/* the same greedy run through the API (F32 KV, like the driver) */
+	struct rt_gguf *g = NULL;
+	assert_int_equal(rt_gguf_open(model, &g), 0);
+	struct rt_engine_opts o;
+	rt_engine_opts_default(&o);
+	o.kv_type = RT_GGML_TYPE_F32;
+	o.n_ctx = 32;
+	struct rt_engine *e = NULL;
+	assert_int_equal(rt_engine_new(g, &o, &e), 0);
+	const int nv = rt_engine_info(e)->n_vocab;
+	int32_t ids[4] = {1, 40, 41, 42}, gen[6];
+	assert_int_equal(rt_engine_eval(e, ids, 4, false), 0);
+	float *first = malloc((size_t)nv * sizeof(float)), *lastl = malloc((size_t)nv * sizeof(float));
+	assert_true(first && lastl);
+	memcpy(first, rt_engine_logits(e, -1), (size_t)nv * sizeof(float));
+	for (int i = 0; i < 6; i++) {
+		const float *l = rt_engine_logits(e, -1);
+		int b = 0;
+		for (int v = 1; v < nv; v++)
+			if (l[v] > l[b])
+				b = v;
+		gen[i] = b;
+		if (i == 5)
+			memcpy(lastl, l, (size_t)nv * sizeof(float));
+		else
+			assert_int_equal(rt_engine_eval(e, &gen[i], 1, false), 0);
+	}
+	char want[512];
+	int off = snprintf(want, sizeof(want), "prompt 4 1 40 41 42\ngen 6");
+	for (int i = 0; i < 6; i++)
+		off += snprintf(want + off, sizeof(want) - (size_t)off, " %d", gen[i]);
+	FILE *f = fopen(rep, "r");
+	assert_non_null(f);
+	char got[2048];
+	size_t n = fread(got, 1, sizeof(got) - 1, f);
+	fclose(f);
+	got[n] = '\0';
+	assert_non_null(strstr(got, want));
+	assert_non_null(strstr(got, "n_vocab "));
+	/* logits files: n_vocab raw floats */
+	float *buf = malloc((size_t)nv * sizeof(float) + 1);
+	assert_non_null(buf);
+	f = fopen(lpf, "rb");
+	assert_non_null(f);
+	assert_int_equal(fread(buf, 1, (size_t)nv * sizeof(float) + 1, f), (size_t)nv * sizeof(float));
+	fclose(f);
+	assert_memory_equal(buf, first, (size_t)nv * sizeof(float));
+	f = fopen(lf, "rb");
+	assert_non_null(f);
+	assert_int_equal(fread(buf, 1, (size_t)nv * sizeof(float) + 1, f), (size_t)nv * sizeof(float));
+	fclose(f);
+	assert_memory_equal(buf, lastl, (size_t)nv * sizeof(float));
+	free(buf);
+	free(first);
+	free(lastl);
+	rt_engine_free(e);
+	rt_gguf_free(g);
+
+	/* text prompt through the model's tokenizer */
+	char *argv2[] = {"run-model", "-m", model, "-p", "Hello world", "-n", "3", "-o", rep, NULL};
+	assert_int_equal(rt_engine_run_cli(9, argv2, stdout, err, sizeof(err)), 0);
+
+	/* errors: message, no crash */
+	char *bad1[] = {"run-model", "-p", "x", NULL};
+	assert_int_equal(rt_engine_run_cli(3, bad1, stdout, err, sizeof(err)), -EINVAL);
+	assert_string_equal(err, "-m is required");
+	char *bad2[] = {"run-model", "-m", model, "-i", "1,99999", NULL};
+	assert_int_equal(rt_engine_run_cli(5, bad2, stdout, err, sizeof(err)), -EINVAL);
+	char *bad3[] = {"run-model", "-m", model, "-i", "1", "-n", "-3", NULL};
+	assert_int_equal(rt_engine_run_cli(7, bad3, stdout, err, sizeof(err)), -EINVAL);
+	char *bad4[] = {"run-model", "-m", model, "-i", "1", "-p", "x", NULL};
+	assert_int_equal(rt_engine_run_cli(7, bad4, stdout, err, sizeof(err)), -EINVAL);
+	char *bad5[] = {"run-model", "-m", "/nonexistent/x.gguf", "-i", "1", NULL};
+	assert_int_equal(rt_engine_run_cli(5, bad5, stdout, NULL, 0), -ENOENT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -878,6 +972,7 @@ int main(void)
 		cmocka_unit_test(test_quantized_close_to_f32),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_backend_gguf),
+		cmocka_unit_test(test_run_cli),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -230,6 +230,14 @@ static void test_env_forces_scalar(void **state)
 	enum rt_isa other = rt_kernels_best_isa() == RT_ISA_NEON ? RT_ISA_AVX2 : RT_ISA_NEON;
 	assert_int_equal(rt_kernels_set_isa(other), -ENOTSUP);
 	assert_int_equal(rt_kernels_isa(), rt_kernels_best_isa());
+#if defined(__x86_64__)
+	/* the run-time detection picks AVX2 where the CPU has it */
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		assert_int_equal(rt_kernels_best_isa(), RT_ISA_AVX2);
+#elif defined(__aarch64__)
+	assert_int_equal(rt_kernels_best_isa(), RT_ISA_NEON);
+#endif
 }
 
 static void test_type_info(void **state)
