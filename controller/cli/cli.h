@@ -8,6 +8,8 @@ int cli_key_main(int argc, char **argv);     /* flotilla key ... */
 int cli_keyring_main(int argc, char **argv); /* flotilla keyring ... */
 int cli_bundle_main(int argc, char **argv);  /* flotilla bundle ... */
 int cli_pki_main(int argc, char **argv);     /* flotilla pki ... */
+int cli_push_main(int argc, char **argv);    /* flotilla push | bundle push */
+int cli_devices_main(int argc, char **argv); /* flotilla devices ... */
 
 /* Print "flotilla: " + message + ": " + fl_strerror(err) to stderr. */
 void cli_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

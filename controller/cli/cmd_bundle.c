@@ -40,6 +40,7 @@ static void usage(FILE *f)
 	      "         [--extract DIR]                       check signature, layout, hashes\n"
 	      "  inspect BUNDLE [--json]                      show the manifest (unverified)\n"
 	      "  diff OLD NEW [--json]                        bytes a device holding OLD fetches\n"
+	      "  push BUNDLE --controller URL [--token T]     upload to the controller\n"
 	      "\n"
 	      "--trust DIR holds the root public keys (*.pem) and keyring.dsse.json.\n",
 	      f);
@@ -495,6 +496,8 @@ int cli_bundle_main(int argc, char **argv)
 		return cmd_inspect(argc - 1, argv + 1);
 	if (!strcmp(cmd, "diff"))
 		return cmd_diff(argc - 1, argv + 1);
+	if (!strcmp(cmd, "push"))
+		return cli_push_main(argc - 1, argv + 1);
 	cli_fail(0, "bundle: unknown command '%s' (try 'flotilla bundle --help')", cmd);
 	return 2;
 }

@@ -26,6 +26,8 @@ static void usage(FILE *f)
 	      "  key generate OUT.pem [--public OUT.pub.pem]   make an ECDSA P-256 key\n"
 	      "  keyring create|sign|verify ...               root-signed delegation of release keys\n"
 	      "  bundle create|sign|verify|inspect|diff ...    signed model bundles\n"
+	      "  bundle push BUNDLE --controller URL [--token T]  upload to the controller\n"
+	      "  devices list|show ID [--json]                   the fleet as the controller sees it\n"
 	      "  pki init|issue-device|issue-server|issue-controller ...  fleet CA and certificates\n"
 	      "\n"
 	      "Run 'flotilla COMMAND --help' for a command's options.\n",
@@ -52,6 +54,10 @@ int main(int argc, char **argv)
 		return cli_bundle_main(argc - 1, argv + 1);
 	if (!strcmp(cmd, "pki"))
 		return cli_pki_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "push"))
+		return cli_push_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "devices"))
+		return cli_devices_main(argc - 1, argv + 1);
 	fprintf(stderr, "flotilla: unknown command '%s' (try 'flotilla --help')\n", cmd);
 	return 2;
 }

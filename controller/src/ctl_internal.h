@@ -1,0 +1,60 @@
+/* Private state of struct ctl, shared by the core's source files. */
+#ifndef FLOTILLA_CTL_INTERNAL_H
+#define FLOTILLA_CTL_INTERNAL_H
+
+#include <pthread.h>
+
+#include <flotilla/tele_wire.h>
+#include <flotilla/trust.h>
+
+#include "ctl.h"
+
+struct pending_rec {
+	char device[CTL_DEVICE_ID_MAX + 1];
+	char stream[17];
+	char kind[48];
+	uint64_t seq;
+	int64_t ts;
+	char *json;
+};
+
+struct dev_gaps {
+	struct dev_gaps *next; /* hash chain */
+	char id[CTL_DEVICE_ID_MAX + 1];
+	char stream[17];
+	struct tele_gaps *g;
+	bool dirty;
+	struct dev_gaps *next_dirty;
+};
+
+#define CTL_GAP_BUCKETS 4096
+
+struct ctl {
+	pthread_mutex_t push_lock; /* one bundle push at a time (trust store is single-owner) */
+	pthread_mutex_t lock; /* guards everything below */
+	char *data_dir;
+	char *chunks_dir;
+	char *tmp_dir;
+	struct ctl_store *store;
+	struct ota_trust *trust; /* NULL: unverified */
+	size_t batch_records;
+	int64_t flush_ms;
+	size_t max_pending;
+	uint64_t max_bundle_bytes;
+
+	struct pending_rec *pending;
+	size_t n_pending;
+	int64_t pending_since_ms;
+
+	struct dev_gaps *gaps[CTL_GAP_BUCKETS];
+	size_t n_gaps;
+	struct dev_gaps *dirty;
+
+	struct ctl_counters cnt;
+};
+
+/* ingest.c */
+int ctl_ingest_flush_locked(struct ctl *c);
+void ctl_ingest_free(struct ctl *c);
+
+#endif

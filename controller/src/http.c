@@ -1,0 +1,522 @@
+/* HTTP JSON API over libmicrohttpd (the only file that touches it). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/fs.h>
+#include <flotilla/json.h>
+#include <flotilla/util.h>
+
+#include "http.h"
+
+#define API_PREFIX "/api/v1/"
+#define MAX_QUERY_ARGS 16
+#define QUERY_VALUE_MAX 256
+
+struct ctl_http {
+	struct ctl *ctl;
+	struct MHD_Daemon *d;
+	uint16_t port;
+	uint64_t max_upload;
+	char *tmp_dir;
+	struct ctl_token *tokens;
+	size_t n_tokens;
+};
+
+struct req {
+	int fd;
+	char *tmp_path;
+	uint64_t got;
+	bool too_big;
+	bool write_failed;
+	const char *actor;
+};
+
+/* ---------------------------------------------------------------- auth */
+
+static bool secret_eq(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned char d = la != lb;
+	for (size_t i = 0; i < la && i < lb; i++)
+		d |= (unsigned char)(a[i] ^ b[i]);
+	return d == 0;
+}
+
+enum ctl_role ctl_http_auth(const struct ctl_token *tokens, size_t n, const char *header,
+			    const char **ret_name)
+{
+	static const char prefix[] = "Bearer ";
+	if (!header || strncmp(header, prefix, sizeof(prefix) - 1))
+		return CTL_ROLE_NONE;
+	const char *t = header + sizeof(prefix) - 1;
+	if (!*t || strlen(t) > CTL_HTTP_TOKEN_MAX)
+		return CTL_ROLE_NONE;
+	enum ctl_role role = CTL_ROLE_NONE;
+	const char *name = NULL;
+	for (size_t i = 0; i < n; i++) {
+		/* compare against every token: no early exit */
+		if (secret_eq(t, tokens[i].secret) && role == CTL_ROLE_NONE) {
+			role = tokens[i].role;
+			name = tokens[i].name;
+		}
+	}
+	if (role != CTL_ROLE_NONE && ret_name)
+		*ret_name = name;
+	return role;
+}
+
+/* ---------------------------------------------------------------- responses */
+
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, char *body,
+			       const char *type)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(
+		strlen(body), body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	if (status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+	enum MHD_Result r = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status, cJSON *o)
+{
+	char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+	cJSON_Delete(o);
+	if (!s)
+		return MHD_NO;
+	size_t n = strlen(s);
+	char *s2 = realloc(s, n + 2);
+	if (!s2) {
+		free(s);
+		return MHD_NO;
+	}
+	s2[n] = '\n';
+	s2[n + 1] = 0;
+	return respond(conn, status, s2, "application/json");
+}
+
+static enum MHD_Result respond_error(struct MHD_Connection *conn, unsigned status,
+				     const char *msg)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o || !cJSON_AddStringToObject(o, "error", msg)) {
+		cJSON_Delete(o);
+		return MHD_NO;
+	}
+	return respond_json(conn, status, o);
+}
+
+/* ---------------------------------------------------------------- queries */
+
+struct query {
+	const char *const *allowed;
+	const char *keys[MAX_QUERY_ARGS];
+	const char *vals[MAX_QUERY_ARGS];
+	size_t n;
+	const char *bad;
+};
+
+static enum MHD_Result query_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+				  const char *value)
+{
+	struct query *q = cls;
+	if (q->bad)
+		return MHD_NO;
+	bool known = false;
+	for (size_t i = 0; q->allowed && q->allowed[i]; i++)
+		known |= !strcmp(q->allowed[i], key);
+	for (size_t i = 0; i < q->n; i++)
+		if (!strcmp(q->keys[i], key))
+			known = false; /* the same parameter twice */
+	if (!known || !value || strlen(value) > QUERY_VALUE_MAX || q->n >= MAX_QUERY_ARGS) {
+		q->bad = key;
+		return MHD_NO;
+	}
+	q->keys[q->n] = key;
+	q->vals[q->n++] = value;
+	return MHD_YES;
+}
+
+static const char *query_get(const struct query *q, const char *key)
+{
+	for (size_t i = 0; i < q->n; i++)
+		if (!strcmp(q->keys[i], key))
+			return q->vals[i];
+	return NULL;
+}
+
+/* Collect the query of CONN, refusing any parameter not in ALLOWED. */
+static int read_query(struct MHD_Connection *conn, const char *const *allowed, struct query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->allowed = allowed;
+	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_iter, q);
+	return q->bad ? -FL_ESCHEMA : 0;
+}
+
+static bool printable(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > max)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static enum MHD_Result get_devices(struct ctl_http *h, struct MHD_Connection *conn)
+{
+	static const char *const allowed[] = {"label", "arch", "version", "online", "limit", NULL};
+	struct query q;
+	if (read_query(conn, allowed, &q) < 0)
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown or repeated query parameter");
+	struct ctl_device_filter f = {.online = -1};
+	char label_key[65];
+	const char *v;
+	if ((v = query_get(&q, "label"))) {
+		const char *eq = strchr(v, '=');
+		size_t kl = eq ? (size_t)(eq - v) : 0;
+		if (!eq || kl == 0 || kl >= sizeof(label_key))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "label: expected KEY=VALUE");
+		memcpy(label_key, v, kl);
+		label_key[kl] = 0;
+		if (!fl_name_valid(label_key, 64))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "label: bad key");
+		f.label_key = label_key;
+		f.label_value = eq + 1;
+	}
+	if ((v = query_get(&q, "arch"))) {
+		if (!fl_name_valid(v, 64))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "arch: bad value");
+		f.arch = v;
+	}
+	if ((v = query_get(&q, "version"))) {
+		if (!printable(v, 64))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "version: bad value");
+		f.version = v;
+	}
+	if ((v = query_get(&q, "online"))) {
+		if (!strcmp(v, "true"))
+			f.online = 1;
+		else if (!strcmp(v, "false"))
+			f.online = 0;
+		else
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "online: expected true or false");
+	}
+	if ((v = query_get(&q, "limit"))) {
+		int64_t lim;
+		if (fl_parse_i64(v, 1, CTL_STORE_LIST_MAX, &lim) < 0)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "limit: expected 1..10000");
+		f.limit = (size_t)lim;
+	}
+	cJSON *out = NULL;
+	int r = ctl_devices_list(h->ctl, &f, &out);
+	if (r < 0)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+	return respond_json(conn, MHD_HTTP_OK, out);
+}
+
+static bool no_query(struct MHD_Connection *conn)
+{
+	struct query q;
+	return read_query(conn, NULL, &q) == 0;
+}
+
+/* ---------------------------------------------------------------- push */
+
+static unsigned push_status(int r)
+{
+	switch (-r) {
+	case EEXIST:
+		return MHD_HTTP_CONFLICT;
+	case FL_ETOOBIG:
+		return MHD_HTTP_CONTENT_TOO_LARGE;
+	case FL_EBADSIG:
+	case FL_ENOSIG:
+	case FL_EKEYUNKNOWN:
+	case FL_EKEYEXPIRED:
+	case FL_EKEYREVOKED:
+	case FL_ENOTDELEGATED:
+	case FL_ETHRESHOLD:
+	case FL_EKEYRINGEXPIRED:
+	case FL_EEXPIRED:
+	case FL_EREPLAY:
+	case FL_EPAYLOADTYPE:
+		return MHD_HTTP_UNPROCESSABLE_CONTENT;
+	case ENOSPC:
+	case FL_ENOSPACE:
+		return MHD_HTTP_INSUFFICIENT_STORAGE;
+	case ENOMEM:
+	case EIO:
+	case FL_EDB:
+		return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	default:
+		return r <= -FL_EBASE ? MHD_HTTP_BAD_REQUEST : MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+static enum MHD_Result finish_push(struct ctl_http *h, struct MHD_Connection *conn,
+				   struct req *rq)
+{
+	if (rq->too_big)
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	if (rq->write_failed)
+		return respond_error(conn, MHD_HTTP_INSUFFICIENT_STORAGE, "cannot spool upload");
+	if (rq->got == 0)
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "empty body: expected a bundle tar");
+	if (fsync(rq->fd) < 0)
+		return respond_error(conn, MHD_HTTP_INSUFFICIENT_STORAGE, "cannot spool upload");
+	cJSON *info = NULL;
+	int r = ctl_chunks_add_bundle(h->ctl, rq->tmp_path, rq->actor, &info);
+	if (r < 0) {
+		char msg[160];
+		fl_snprintf(msg, sizeof(msg), "bundle refused: %s", fl_strerror(r));
+		return respond_error(conn, push_status(r), msg);
+	}
+	return respond_json(conn, r == 1 ? MHD_HTTP_CREATED : MHD_HTTP_OK, info);
+}
+
+static enum MHD_Result start_push(struct ctl_http *h, struct MHD_Connection *conn,
+				  const char *actor, void **con_cls)
+{
+	if (!no_query(conn))
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+	int64_t declared;
+	if (cl && (fl_parse_i64(cl, 0, INT64_MAX, &declared) < 0 ||
+		   (uint64_t)declared > h->max_upload))
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	struct req *rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return MHD_NO;
+	rq->fd = -1;
+	rq->actor = actor;
+	rq->tmp_path = fl_asprintf("%s/upload.XXXXXX", h->tmp_dir);
+	if (!rq->tmp_path || (rq->fd = mkostemp(rq->tmp_path, O_CLOEXEC)) < 0) {
+		free(rq->tmp_path);
+		free(rq);
+		return respond_error(conn, MHD_HTTP_INSUFFICIENT_STORAGE, "cannot spool upload");
+	}
+	*con_cls = rq;
+	return MHD_YES;
+}
+
+/* ---------------------------------------------------------------- routing */
+
+static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, const char *url,
+			     const char *method, void **con_cls)
+{
+	bool get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+	bool post = !strcmp(method, MHD_HTTP_METHOD_POST);
+
+	if (!strcmp(url, "/healthz")) {
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		return respond(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain");
+	}
+	const char *actor = NULL;
+	enum ctl_role role = ctl_http_auth(
+		h->tokens, h->n_tokens,
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+		&actor);
+	if (role == CTL_ROLE_NONE)
+		return respond_error(conn, MHD_HTTP_UNAUTHORIZED, "missing or unknown bearer token");
+
+	if (!strcmp(url, "/metrics")) {
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (!no_query(conn))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+		char *text = NULL;
+		int r = ctl_metrics_text(h->ctl, &text);
+		if (r < 0)
+			return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+		return respond(conn, MHD_HTTP_OK, text, "text/plain; version=0.0.4");
+	}
+	if (!strcmp(url, API_PREFIX "bundles")) {
+		if (post) {
+			if (role != CTL_ROLE_OPERATOR)
+				return respond_error(conn, MHD_HTTP_FORBIDDEN,
+						     "this token may only read");
+			return start_push(h, conn, actor, con_cls);
+		}
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (!no_query(conn))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+		cJSON *out = NULL;
+		int r = ctl_bundles_list(h->ctl, &out);
+		if (r < 0)
+			return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+		return respond_json(conn, MHD_HTTP_OK, out);
+	}
+	if (!strcmp(url, API_PREFIX "devices")) {
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		return get_devices(h, conn);
+	}
+	static const char dev_prefix[] = API_PREFIX "devices/";
+	if (!strncmp(url, dev_prefix, sizeof(dev_prefix) - 1)) {
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (!no_query(conn))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+		const char *id = url + sizeof(dev_prefix) - 1;
+		cJSON *out = NULL;
+		int r = ctl_device_get(h->ctl, id, &out);
+		if (r == -ENOENT)
+			return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such device");
+		if (r < 0)
+			return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+		return respond_json(conn, MHD_HTTP_OK, out);
+	}
+	return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
+			       const char *method, const char *version, const char *upload_data,
+			       size_t *upload_data_size, void **con_cls)
+{
+	struct ctl_http *h = cls;
+	struct req *rq = *con_cls;
+	if (!rq) {
+		/* First call: headers only. Every answer but a push is given now;
+		 * a push is authorized and size-checked before any byte is read. */
+		return route(h, conn, url, method, con_cls);
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (rq->too_big || rq->write_failed)
+			return MHD_YES; /* drain */
+		if (rq->got + n > h->max_upload) {
+			rq->too_big = true;
+			return MHD_YES;
+		}
+		if (fl_write_all(rq->fd, upload_data, n) < 0)
+			rq->write_failed = true;
+		rq->got += n;
+		return MHD_YES;
+	}
+	return finish_push(h, conn, rq);
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+		      enum MHD_RequestTerminationCode toe)
+{
+	struct req *rq = *con_cls;
+	if (!rq)
+		return;
+	if (rq->fd >= 0)
+		close(rq->fd);
+	if (rq->tmp_path) {
+		unlink(rq->tmp_path);
+		free(rq->tmp_path);
+	}
+	free(rq);
+	*con_cls = NULL;
+}
+
+/* ---------------------------------------------------------------- start/stop */
+
+static void free_http(struct ctl_http *h)
+{
+	for (size_t i = 0; i < h->n_tokens; i++) {
+		free((char *)h->tokens[i].name);
+		free((char *)h->tokens[i].secret);
+	}
+	free(h->tokens);
+	free(h->tmp_dir);
+	free(h);
+}
+
+int ctl_http_start(struct ctl *c, const struct ctl_http_opts *o, struct ctl_http **ret)
+{
+	if (!c || !o || !o->tmp_dir || o->n_tokens > CTL_HTTP_MAX_TOKENS || !ret)
+		return -EINVAL;
+	struct ctl_http *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->ctl = c;
+	h->max_upload = o->max_upload_bytes ? o->max_upload_bytes : CTL_HTTP_DEFAULT_UPLOAD;
+	h->tmp_dir = strdup(o->tmp_dir);
+	h->tokens = calloc(o->n_tokens ? o->n_tokens : 1, sizeof(*h->tokens));
+	if (!h->tmp_dir || !h->tokens) {
+		free_http(h);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < o->n_tokens; i++) {
+		const struct ctl_token *t = &o->tokens[i];
+		if (!t->secret || !*t->secret || strlen(t->secret) > CTL_HTTP_TOKEN_MAX ||
+		    t->role == CTL_ROLE_NONE) {
+			free_http(h);
+			return -EINVAL;
+		}
+		h->tokens[i].role = t->role;
+		h->tokens[i].secret = strdup(t->secret);
+		h->tokens[i].name = strdup(t->name ? t->name : "token");
+		h->n_tokens = i + 1;
+		if (!h->tokens[i].secret || !h->tokens[i].name) {
+			free_http(h);
+			return -ENOMEM;
+		}
+	}
+	const char *addr = o->address ? o->address : "127.0.0.1";
+	struct sockaddr_in in4 = {.sin_family = AF_INET, .sin_port = htons(o->port)};
+	struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_port = htons(o->port)};
+	const struct sockaddr *sa;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+	if (inet_pton(AF_INET, addr, &in4.sin_addr) == 1) {
+		sa = (const struct sockaddr *)&in4;
+	} else if (inet_pton(AF_INET6, addr, &in6.sin6_addr) == 1) {
+		sa = (const struct sockaddr *)&in6;
+		flags |= MHD_USE_IPv6;
+	} else {
+		free_http(h);
+		return -EINVAL;
+	}
+	h->d = MHD_start_daemon(flags, o->port, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, sa,
+				MHD_OPTION_CONNECTION_LIMIT, (unsigned)CTL_HTTP_MAX_CONNECTIONS,
+				MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_NOTIFY_COMPLETED,
+				completed, h, MHD_OPTION_END);
+	if (!h->d) {
+		int e = errno;
+		free_http(h);
+		return e == EADDRINUSE ? -EADDRINUSE : -FL_ENET;
+	}
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+	h->port = di ? di->port : o->port;
+	*ret = h;
+	return 0;
+}
+
+uint16_t ctl_http_port(const struct ctl_http *h)
+{
+	return h->port;
+}
+
+void ctl_http_stop(struct ctl_http *h)
+{
+	if (!h)
+		return;
+	MHD_stop_daemon(h->d);
+	free_http(h);
+}

@@ -1,0 +1,139 @@
+/* The controller's storage interface (docs/controller.md "Store").
+ *
+ * A struct ctl_store is a table of operations plus the backend's state. The
+ * SQLite backend (store_sqlite.c, WAL) is the only one so far; every SQL
+ * statement lives in that file so that a PostgreSQL backend can be added
+ * beside it. Listing operations return cJSON trees because every caller (HTTP
+ * API, CLI) wants JSON anyway.
+ *
+ * Errors: -FL_EDB for a database failure, -EINVAL for a bad argument,
+ * -ENOMEM. Functions that report "new or not" return 1 (changed) or 0.
+ *
+ * Thread-safety: none; the caller (struct ctl, ctl.h) serializes access with
+ * its lock. */
+#ifndef FLOTILLA_CTL_STORE_H
+#define FLOTILLA_CTL_STORE_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CTL_DEVICE_ID_MAX 64
+#define CTL_STORE_SCHEMA_VERSION 1
+
+/* A device as the registry keeps it (strings owned by the caller). */
+struct ctl_device {
+	const char *id;
+	const char *labels_json;       /* JSON object text */
+	const char *arch;              /* NULL when unknown */
+	int64_t ram_mb;                /* -1 when unknown */
+	const char *accelerators_json; /* JSON array text */
+	const char *backends_json;     /* JSON array text */
+	bool online;
+	int64_t last_seen_s;
+	const char *agent_version;     /* NULL when unknown */
+};
+
+/* One model on a device. */
+struct ctl_device_model {
+	const char *device;
+	const char *model;
+	const char *current_slot;  /* "a", "b" or NULL */
+	const char *current_version; /* version in the current slot, or NULL */
+	const char *slots_json;    /* the "slots" object as JSON text */
+	const char *install_state; /* NULL when no install */
+	const char *install_version;
+	const char *install_error;
+	int64_t bytes_done, bytes_total, chunks_done, chunks_total;
+};
+
+/* A pushed bundle. */
+struct ctl_bundle_rec {
+	const char *model;
+	const char *version;
+	uint64_t sequence;
+	const char *envelope_id;  /* hex SHA-256 of the envelope */
+	const char *envelope;
+	const char *files_json;   /* [{"path","size","sha256","chunk_index_sha256"}] */
+	bool verified;
+	int64_t pushed_at_s;
+};
+
+/* One telemetry record. */
+struct ctl_tele_rec {
+	const char *device;
+	const char *stream;
+	uint64_t seq;
+	const char *kind; /* "model", "device", "event:<kind>", "dropped" */
+	int64_t ts;
+	const char *json;
+};
+
+/* Device list filters; NULL / -1 fields are not applied. */
+struct ctl_device_filter {
+	const char *label_key;
+	const char *label_value;
+	const char *arch;
+	const char *version; /* any model's current version */
+	int online;          /* -1 any, 0, 1 */
+	size_t limit;        /* 0: CTL_STORE_LIST_MAX */
+};
+#define CTL_STORE_LIST_MAX 10000
+
+struct ctl_store;
+
+struct ctl_store_ops {
+	void (*close)(struct ctl_store *s);
+	int (*begin)(struct ctl_store *s);
+	int (*commit)(struct ctl_store *s);
+	int (*rollback)(struct ctl_store *s);
+	int (*schema_version)(struct ctl_store *s, int *ret);
+
+	int (*device_upsert)(struct ctl_store *s, const struct ctl_device *d);
+	/* Mark ID offline (creating a bare row when unknown). */
+	int (*device_set_offline)(struct ctl_store *s, const char *id, int64_t now_s);
+	/* Replace the whole model list of a device: delete, then put each. */
+	int (*device_models_clear)(struct ctl_store *s, const char *id);
+	int (*device_model_put)(struct ctl_store *s, const struct ctl_device_model *m);
+	/* {"devices":[...]} */
+	int (*device_list)(struct ctl_store *s, const struct ctl_device_filter *f, cJSON **ret);
+	/* {"device":{...},"models":[...],"events":[...],"gaps":{...}}; -ENOENT. */
+	int (*device_get)(struct ctl_store *s, const char *id, size_t n_events, cJSON **ret);
+
+	/* 1 new, 0 the same envelope already stored, -EEXIST when (model,
+	 * version) or (model, sequence) exists with another envelope. */
+	int (*bundle_put)(struct ctl_store *s, const struct ctl_bundle_rec *b);
+	int (*bundle_list)(struct ctl_store *s, cJSON **ret); /* {"bundles":[...]} */
+
+	/* 1 inserted, 0 duplicate (device, stream, seq). */
+	int (*tele_insert)(struct ctl_store *s, const struct ctl_tele_rec *r);
+	int (*gaps_put)(struct ctl_store *s, const char *device, const char *stream,
+			uint64_t missing_ranges, uint64_t missing_seqs, uint64_t dropped,
+			uint64_t highest, int64_t now_s);
+	/* Stored stream and highest seq of DEVICE's tracker; -ENOENT. */
+	int (*gaps_get)(struct ctl_store *s, const char *device, char ret_stream[17],
+			uint64_t *ret_highest);
+	int (*audit)(struct ctl_store *s, int64_t ts, const char *actor, const char *action,
+		     const char *reason);
+	int (*audit_count)(struct ctl_store *s, int64_t *ret);
+	/* {"online":N,"offline":N,"versions":[{"model","version","devices"}],
+	 *  "tele_records":N,"bundles":N,"gaps_missing":N} */
+	int (*metrics)(struct ctl_store *s, cJSON **ret);
+};
+
+struct ctl_store {
+	const struct ctl_store_ops *ops;
+};
+
+/* Open (creating when absent) the SQLite store at PATH, WAL mode, and run
+ * every pending schema migration (each in one transaction; the
+ * schema_migrations table records which ran). A database with a newer schema
+ * than this program knows is -FL_EUNSUPPORTED. Caller frees with
+ * ctl_store_close(). Errors: -FL_EDB, -FL_EUNSUPPORTED, -ENOMEM. */
+int ctl_store_open_sqlite(const char *path, struct ctl_store **ret);
+
+/* Close S (NULL is fine). */
+void ctl_store_close(struct ctl_store *s);
+
+#endif
