@@ -8,6 +8,7 @@ PKGS=(
   libpaho-mqtt-dev libssl-dev libmbedtls-dev libarchive-dev libsqlite3-dev
   libcmocka-dev libcjson-dev libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev
   mosquitto mosquitto-clients sqlite3 curl git ca-certificates xxd jq
+  lintian systemd
 )
 # Tools that may come from elsewhere (nodejs from NodeSource ships npm):
 # install the Debian package only when the command is missing.
@@ -33,7 +34,9 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO=sudo
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+# A lagging foreign-architecture index (arm64 lists mid-sync) must not stop
+# an install that only needs native packages.
+$SUDO apt-get update -qq || echo "deps: apt-get update reported errors; trying the install anyway"
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian mosquitto package enables a system broker on port 1883; our
 # tests and demo start their own on other ports, so leave it alone.

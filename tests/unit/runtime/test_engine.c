@@ -9,6 +9,12 @@
  * way, so in practice bitwise equal); 1 vs 2 threads: bitwise equal; other
  * weight types vs the reference on their dequantized weights: a few percent
  * of max |logit| (activations are quantized to 8 bits, as in llama.cpp). */
+/* gcc 12.2 for aarch64 crashes (internal compiler error in
+ * vect_transform_reduction) on this file's fmax reductions at -O2; the test
+ * gains nothing from vectorization. */
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-vectorize")
+#endif
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>

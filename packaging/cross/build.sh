@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Cross build of Flotilla for another Debian architecture: programs, unit
+# tests run under qemu-user, and .debs.
+#
+#   packaging/cross/build.sh [--mode auto|multiarch|chroot] [--no-tests] ARCH
+#
+# ARCH: arm64 or armhf. Needs root (apt-get, binfmt_misc, chroot) and the
+# Debian archive. Two ways, picked in this order by --mode auto (default):
+#   multiarch  Debian's cross gcc + the ARCH -dev packages beside the build
+#              machine's (dpkg --add-architecture ARCH), cmake with
+#              cmake/toolchain-<triplet>.cmake, tests through qemu-user
+#              (binfmt_misc lets tests exec ARCH helper programs).
+#   chroot     when the :ARCH packages cannot be installed (Debian's ARCH
+#              lists lag the amd64 ones): a bookworm ARCH root made with
+#              debootstrap, run through qemu-user-static; native gcc inside.
+# Says which one it used, times each phase, and leaves the .debs in
+# OUT (default build/cross-ARCH/debs). Not part of the normal ctest run
+# (minutes, and it installs packages); see docs/operations-packaging.md.
+# Environment: FL_CROSS_BUILD_DIR (default SRC/build/cross-ARCH),
+# FL_CROSS_CHROOT (default /var/tmp/flotilla-chroot-ARCH, kept for reuse),
+# FL_CROSS_EXTRA_BINDS (more directories to bind into the chroot, same
+# paths, e.g. the targets of symlinks in the tree), FL_CROSS_JOBS (default 2), FL_CROSS_MIRROR (default http://deb.debian.org/debian),
+# FL_CROSS_CFLAGS (extra CMAKE_C_FLAGS, e.g. -fno-tree-vectorize to dodge a
+# gcc 12 aarch64 vectorizer ICE; it also changes the .debs' code).
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+MODE=auto
+TESTS=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --mode) MODE=${2:?}; shift 2 ;;
+    --mode=*) MODE=${1#--mode=}; shift ;;
+    --no-tests) TESTS=0; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -*) echo "cross: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+ARCH=${1:-}
+case $ARCH in
+  arm64) TRIPLET=aarch64-linux-gnu; QEMU=aarch64 ;;
+  armhf) TRIPLET=arm-linux-gnueabihf; QEMU=arm ;;
+  *) echo "usage: $0 [--mode auto|multiarch|chroot] [--no-tests] arm64|armhf" >&2; exit 2 ;;
+esac
+case $MODE in auto|multiarch|chroot) ;; *) echo "cross: bad --mode $MODE" >&2; exit 2 ;; esac
+[ "$(id -u)" -eq 0 ] || { echo "cross: needs root (apt-get, binfmt_misc, chroot)" >&2; exit 2; }
+BUILD=${FL_CROSS_BUILD_DIR:-$SRC/build/cross-$ARCH}
+JOBS=${FL_CROSS_JOBS:-2}
+MIRROR=${FL_CROSS_MIRROR:-http://deb.debian.org/debian}
+CFLAGS_EXTRA=${FL_CROSS_CFLAGS:-}
+CHROOT=${FL_CROSS_CHROOT:-/var/tmp/flotilla-chroot-$ARCH}
+DEV_PKGS=(libpaho-mqtt-dev libmbedtls-dev libarchive-dev libsqlite3-dev libcjson-dev
+          libmicrohttpd-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libcmocka-dev)
+export DEBIAN_FRONTEND=noninteractive
+APT=(apt-get -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300)
+
+T0=$(date +%s)
+declare -a TIMES=()
+phase() { # phase NAME COMMAND...: run, time, record
+  local name=$1 t=$(date +%s); shift
+  echo "== cross[$ARCH]: $name"
+  if "$@"; then TIMES+=("$name $(( $(date +%s) - t ))s"); return 0; fi
+  TIMES+=("$name FAILED after $(( $(date +%s) - t ))s"); return 1
+}
+summary() {
+  echo "== cross[$ARCH] summary: mode $USED"
+  printf '  %s\n' "${TIMES[@]}"
+  echo "  total $(( $(date +%s) - T0 ))s"
+  ls -1 "$BUILD"/debs/*.deb 2>/dev/null | sed 's/^/  deb: /' || true
+}
+USED=none
+trap summary EXIT
+
+# binfmt_misc: run ARCH programs directly (tests exec helper programs).
+binfmt_enable() {
+  local reg=/proc/sys/fs/binfmt_misc
+  [ -e $reg/register ] || mount -t binfmt_misc binfmt_misc $reg
+  [ -e $reg/qemu-$QEMU ] && { echo 1 > $reg/qemu-$QEMU; return 0; }
+  if command -v update-binfmts >/dev/null && update-binfmts --enable qemu-$QEMU 2>/dev/null; then
+    return 0
+  fi
+  [ -f /usr/lib/binfmt.d/qemu-$QEMU.conf ] || { echo "cross: no binfmt entry for qemu-$QEMU"; return 1; }
+  cat /usr/lib/binfmt.d/qemu-$QEMU.conf > $reg/register
+}
+
+# ---- multiarch --------------------------------------------------------------
+multiarch_setup() {
+  local cc=$TRIPLET-gcc pkgs=() added=0
+  if ! dpkg --print-foreign-architectures | grep -qx "$ARCH"; then
+    dpkg --add-architecture "$ARCH"; added=1
+    apt-get update -qq || true
+  fi
+  command -v "$cc" >/dev/null || pkgs+=("crossbuild-essential-$ARCH")
+  command -v qemu-$QEMU >/dev/null || command -v qemu-$QEMU-static >/dev/null || pkgs+=(qemu-user qemu-user-binfmt)
+  for p in "${DEV_PKGS[@]}"; do pkgs+=("$p:$ARCH"); done
+  # -s first: an uninstallable set (lists out of step) must not half-install.
+  if ! apt-get install -s -qq --no-install-recommends "${pkgs[@]}" >/tmp/fl-cross-apt.$$ 2>&1; then
+    grep -E '^E:|Depends:|Breaks:|Conflicts:' /tmp/fl-cross-apt.$$ | head -20
+    rm -f /tmp/fl-cross-apt.$$
+    echo "cross: the :$ARCH packages cannot be installed beside the build machine's"
+    # Leave apt as it was: a foreign architecture whose lists fail to
+    # download makes every later apt-get update fail.
+    if [ "$added" = 1 ] && ! dpkg -l | grep -q ":$ARCH "; then
+      dpkg --remove-architecture "$ARCH" && apt-get update -qq || true
+    fi
+    return 1
+  fi
+  rm -f /tmp/fl-cross-apt.$$
+  "${APT[@]}" install "${pkgs[@]}" >/dev/null
+}
+multiarch_build() {
+  cmake -S "$SRC" -B "$BUILD" -G Ninja --toolchain "$SRC/cmake/toolchain-$TRIPLET.cmake" \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFL_TESTS=ON -DFL_WERROR=OFF \
+        -DCMAKE_C_FLAGS="$CFLAGS_EXTRA" >"$BUILD/cross-configure.log" 2>&1 ||
+    { tail -30 "$BUILD/cross-configure.log"; return 1; }
+  # Keep going past a failing target: report every failure at once.
+  cmake --build "$BUILD" -j "$JOBS" -- -k 0 >"$BUILD/cross-build.log" 2>&1 ||
+    { grep -E 'FAILED:|error:' "$BUILD/cross-build.log" | head -30; return 1; }
+}
+run_tests() { # ctest runs each test through CMAKE_CROSSCOMPILING_EMULATOR (qemu)
+  ctest --test-dir "$1" -L unit -j "$JOBS" --timeout 900 --output-on-failure
+}
+make_debs() {
+  rm -rf "$1/debs"
+  cpack -G DEB --config "$1/CPackConfig.cmake" -B "$1/debs" >"$1/cpack.log" 2>&1 ||
+    { tail -20 "$1/cpack.log"; return 1; }
+  rm -rf "$1/debs/_CPack_Packages"
+  local f
+  for f in "$1"/debs/*.deb; do
+    a=$(dpkg-deb -f "$f" Architecture)
+    [ "$a" = "$ARCH" ] || { echo "cross: $f is for $a, not $ARCH"; return 1; }
+  done
+}
+
+# ---- chroot -----------------------------------------------------------------
+CHROOT_MOUNTS=()
+chroot_umount() {
+  local i
+  for (( i=${#CHROOT_MOUNTS[@]}-1; i>=0; i-- )); do umount -l "${CHROOT_MOUNTS[$i]}" 2>/dev/null || true; done
+  CHROOT_MOUNTS=()
+}
+chroot_setup() {
+  # A foreign root needs a static qemu registered with the F flag (the
+  # interpreter is opened at registration, so it works inside the chroot).
+  if ! command -v qemu-$QEMU-static >/dev/null; then
+    "${APT[@]}" install qemu-user-static >/dev/null
+  fi
+  # It replaces qemu-user-binfmt, whose removal can take the shared
+  # /usr/libexec/qemu-binfmt links with it: put them back.
+  [ -e /usr/libexec/qemu-binfmt/$QEMU-binfmt-P ] || "${APT[@]}" install --reinstall qemu-user-static >/dev/null
+  command -v debootstrap >/dev/null || "${APT[@]}" install debootstrap >/dev/null
+  local reg=/proc/sys/fs/binfmt_misc
+  [ -e $reg/register ] || mount -t binfmt_misc binfmt_misc $reg
+  if ! grep -q '^flags:.*F' $reg/qemu-$QEMU 2>/dev/null; then
+    [ -e $reg/qemu-$QEMU ] && echo -1 > $reg/qemu-$QEMU
+    if command -v update-binfmts >/dev/null; then
+      update-binfmts --enable qemu-$QEMU
+    else
+      cat /usr/lib/binfmt.d/qemu-$QEMU.conf > $reg/register
+    fi
+  fi
+  if [ ! -x "$CHROOT/usr/bin/cmake" ]; then
+    # Never delete through a bind mount left by an earlier run.
+    if grep -q " $CHROOT/" /proc/mounts; then
+      echo "cross: mounts left under $CHROOT: umount them first"; return 1
+    fi
+    rm -rf --one-file-system "$CHROOT"
+    debootstrap --arch="$ARCH" --variant=minbase \
+      --include=build-essential,cmake,ninja-build,pkg-config,file,ca-certificates,$(IFS=,; echo "${DEV_PKGS[*]}") \
+      bookworm "$CHROOT" "$MIRROR" >/tmp/fl-debootstrap.$$ 2>&1 ||
+      { tail -20 /tmp/fl-debootstrap.$$; rm -f /tmp/fl-debootstrap.$$; return 1; }
+    rm -f /tmp/fl-debootstrap.$$
+  fi
+  # The source and build trees appear at the same paths inside, so logs and
+  # CMake caches read the same from both sides.
+  local d
+  mkdir -p "$BUILD"
+  for d in "$SRC" "$BUILD" ${FL_CROSS_EXTRA_BINDS:-}; do
+    mkdir -p "$CHROOT$d"
+    mount --bind "$d" "$CHROOT$d" || return 1
+    CHROOT_MOUNTS+=("$CHROOT$d")
+  done
+  mkdir -p "$CHROOT/proc" "$CHROOT/dev"
+  mount -t proc proc "$CHROOT/proc" || return 1
+  CHROOT_MOUNTS+=("$CHROOT/proc")
+  mount --bind /dev "$CHROOT/dev" || return 1
+  CHROOT_MOUNTS+=("$CHROOT/dev")
+}
+chroot_build() {
+  local b=$BUILD
+  chroot "$CHROOT" /bin/sh -c "cmake -S '$SRC' -B '$b' -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DFL_TESTS=ON -DFL_WERROR=OFF -DCMAKE_C_FLAGS='$CFLAGS_EXTRA' >'$b/cross-configure.log' 2>&1 &&
+    cmake --build '$b' -j $JOBS -- -k 0 >'$b/cross-build.log' 2>&1" ||
+    { grep -hE 'FAILED:|error:|Error' "$BUILD/cross-build.log" "$BUILD/cross-configure.log" 2>/dev/null | head -30; return 1; }
+}
+
+mkdir -p "$BUILD"
+rc=0
+if [ "$MODE" != chroot ] && phase "multiarch: install cross gcc and :$ARCH -dev packages" multiarch_setup; then
+  USED=multiarch
+  phase "multiarch: configure + build" multiarch_build || rc=1
+  phase "binfmt_misc: qemu-$QEMU" binfmt_enable || rc=1
+  if [ "$TESTS" = 1 ]; then phase "unit tests under qemu-$QEMU" run_tests "$BUILD" || rc=1; fi
+  phase "cpack .debs" make_debs "$BUILD" || rc=1
+elif [ "$MODE" != multiarch ]; then
+  USED=chroot
+  trap 'chroot_umount; summary' EXIT
+  phase "chroot: debootstrap $ARCH bookworm (reused when present)" chroot_setup || exit 1
+  phase "chroot: configure + build (native gcc under qemu)" chroot_build || rc=1
+  b=$BUILD
+  if [ "$TESTS" = 1 ]; then
+    phase "unit tests (in chroot)" chroot "$CHROOT" ctest --test-dir "$b" -L unit -j "$JOBS" \
+      --timeout 1800 --output-on-failure || rc=1
+  fi
+  phase "cpack .debs (in chroot)" chroot "$CHROOT" /bin/sh -c \
+    "rm -rf '$b/debs' && cpack -G DEB --config '$b/CPackConfig.cmake' -B '$b/debs' >'$b/cpack.log' 2>&1 && rm -rf '$b/debs/_CPack_Packages'" || rc=1
+else
+  echo "cross: multiarch mode impossible here (see above)"
+  exit 1
+fi
+exit $rc
