@@ -6,6 +6,8 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "agent.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/config.h>
@@ -16,8 +18,64 @@
 
 static const char *const config_keys[] = {
 	"agent.id", "agent.state_dir", "agent.trust_dir", "agent.threshold",
-	"agent.disk_reserve", "agent.log_level", NULL,
+	"agent.disk_reserve", "agent.log_level", "agent.labels", "agent.bandwidth",
+	"mqtt.uri", "mqtt.ca", "mqtt.cert", "mqtt.key", "mqtt.keepalive", "mqtt.verify_host", NULL,
 };
+
+/* Copy setting KEY (if set) into OUT; too long is -FL_ECONFIG. */
+static int copy_setting(const struct fl_config *c, const char *key, char *out, size_t out_len,
+			const char *path, char *err, size_t err_len)
+{
+	const char *s = fl_config_get_str(c, key, NULL);
+	if (!s)
+		return 0;
+	if (strlen(s) >= out_len) {
+		snprintf(err, err_len, "%s: %s is too long (max %zu bytes)", path, key, out_len - 1);
+		return -FL_ECONFIG;
+	}
+	fl_strlcpy(out, s, out_len);
+	return 0;
+}
+
+int agent_labels_parse(const char *text, cJSON **ret)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return -ENOMEM;
+	char buf[1024];
+	if (strlen(text) >= sizeof(buf)) {
+		cJSON_Delete(o);
+		return -FL_ECONFIG;
+	}
+	fl_strlcpy(buf, text, sizeof(buf));
+	char *save = NULL;
+	int r = 0;
+	for (char *tok = strtok_r(buf, ",", &save); tok && r == 0; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ')
+			tok++;
+		char *eq = strchr(tok, '=');
+		if (!eq) {
+			r = -FL_ECONFIG;
+			break;
+		}
+		*eq = 0;
+		char *val = eq + 1;
+		size_t n = strlen(val);
+		while (n && val[n - 1] == ' ')
+			val[--n] = 0;
+		n = strlen(tok);
+		while (n && tok[n - 1] == ' ')
+			tok[--n] = 0;
+		if (!fl_name_valid(tok, 64) || n == 0 || strlen(val) > 128 ||
+		    cJSON_GetObjectItemCaseSensitive(o, tok) || !cJSON_AddStringToObject(o, tok, val))
+			r = -FL_ECONFIG;
+	}
+	if (r < 0 || !ret)
+		cJSON_Delete(o);
+	else
+		*ret = o;
+	return r;
+}
 
 int agent_config_load(const char *path, struct agent_config *cfg, char *err, size_t err_len)
 {
@@ -25,6 +83,8 @@ int agent_config_load(const char *path, struct agent_config *cfg, char *err, siz
 	fl_strlcpy(cfg->state_dir, AGENT_DEFAULT_STATE_DIR, sizeof(cfg->state_dir));
 	fl_strlcpy(cfg->trust_dir, AGENT_DEFAULT_TRUST_DIR, sizeof(cfg->trust_dir));
 	cfg->disk_reserve_bytes = 16u << 20;
+	cfg->mqtt_keepalive_s = 30;
+	cfg->mqtt_verify_host = true;
 	if (!path)
 		return 0;
 	struct fl_config *c = NULL;
@@ -61,6 +121,35 @@ int agent_config_load(const char *path, struct agent_config *cfg, char *err, siz
 		goto out;
 	}
 	cfg->disk_reserve_bytes = (uint64_t)v;
+	if ((r = fl_config_get_int(c, "agent.bandwidth", 0, INT64_MAX, 0, &v)) < 0) {
+		snprintf(err, err_len, "%s: agent.bandwidth must be bytes/s (0 = no cap)", path);
+		goto out;
+	}
+	cfg->bandwidth_bps = (uint64_t)v;
+	if ((r = fl_config_get_int(c, "mqtt.keepalive", 1, 65535, 30, &v)) < 0) {
+		snprintf(err, err_len, "%s: mqtt.keepalive must be 1..65535 seconds", path);
+		goto out;
+	}
+	cfg->mqtt_keepalive_s = (int)v;
+	if ((r = fl_config_get_bool(c, "mqtt.verify_host", true, &cfg->mqtt_verify_host)) < 0) {
+		snprintf(err, err_len, "%s: mqtt.verify_host must be a boolean", path);
+		goto out;
+	}
+	if ((r = copy_setting(c, "agent.labels", cfg->labels, sizeof(cfg->labels), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "mqtt.uri", cfg->mqtt_uri, sizeof(cfg->mqtt_uri), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "mqtt.ca", cfg->mqtt_ca, sizeof(cfg->mqtt_ca), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "mqtt.cert", cfg->mqtt_cert, sizeof(cfg->mqtt_cert), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "mqtt.key", cfg->mqtt_key, sizeof(cfg->mqtt_key), path, err, err_len)) < 0)
+		goto out;
+	if (cfg->labels[0] && (r = agent_labels_parse(cfg->labels, NULL)) < 0) {
+		snprintf(err, err_len, "%s: agent.labels must be name=value pairs separated by commas", path);
+		goto out;
+	}
+	if (cfg->mqtt_uri[0] && !cfg->device_id[0]) {
+		snprintf(err, err_len, "%s: mqtt.uri needs agent.id (the certificate's CN)", path);
+		r = -FL_ECONFIG;
+		goto out;
+	}
 	if ((s = fl_config_get_str(c, "agent.log_level", NULL))) {
 		enum fl_log_level l;
 		if (fl_log_parse_level(s, &l) < 0) {

@@ -3,6 +3,7 @@
 #define FLOTILLA_AGENT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "journal.h"
@@ -22,7 +23,19 @@ struct agent_config {
 	char device_id[65];
 	unsigned threshold;    /* 0: from trust_dir/threshold or 1 */
 	uint64_t disk_reserve_bytes; /* free space kept beyond a new slot */
+	/* MQTT session (docs/agent.md); mqtt_uri "" = offline (spool only). */
+	char mqtt_uri[256];
+	char mqtt_ca[1024], mqtt_cert[1024], mqtt_key[1024];
+	int mqtt_keepalive_s;
+	bool mqtt_verify_host;
+	char labels[1024];       /* "k=v,k=v" (agent.labels) */
+	uint64_t bandwidth_bps;  /* chunk download cap in bytes/s, 0 = none */
 };
+
+/* Called for every event the install engine records (the MQTT session
+ * forwards them to the controller). KIND is "install.started" etc. */
+typedef void (*agent_event_fn)(void *ud, const char *model, const char *kind,
+			       const char *version, int err, const char *reason);
 
 struct agent {
 	struct agent_config cfg;
@@ -30,7 +43,41 @@ struct agent {
 	struct ota_trust *trust;
 	char models_dir[1100];
 	int lock_fd;
+	agent_event_fn on_event; /* NULL: none */
+	void *on_event_ud;
+	bool state_dirty;        /* something the MQTT state shows changed */
 };
+
+struct ota_manifest;
+struct ota_slots;
+
+/* Shared by the local (install.c) and network (fetch.c) install paths. */
+void agent_event(struct agent *a, const char *model, const char *kind, const char *version,
+		 int err, const char *reason);
+/* Verify a manifest envelope: signature, expiry, the model's anti-rollback
+ * floor from the journal. Caller frees *RET. */
+int agent_verify_envelope(struct agent *a, const char *env, size_t len, struct ota_manifest **ret);
+/* Parse (not verify) a stored envelope's manifest. */
+int agent_envelope_manifest(const char *env, size_t len, struct ota_manifest **ret);
+/* Compatibility and disk space for M in the inactive slot of S. */
+int agent_preflight(struct agent *a, const struct ota_manifest *m, struct ota_slots *s, char *why,
+		    size_t why_len);
+/* Undo a staging that did not reach the switch: inactive slot emptied,
+ * REJECTED with REASON (and a network install's progress removed). */
+int agent_reject_staged(struct agent *a, struct ota_slots *s, const struct install_rec *rec,
+			int err, const char *reason);
+/* From a staged slot (journaled STAGED): TESTING -> SWITCHING -> TRIAL or
+ * COMMITTED, or REJECTED when acceptance fails. */
+int agent_finish_staged(struct agent *a, struct ota_slots *s, struct install_rec *rec,
+			const struct ota_manifest *m);
+/* Prefix of install_rec.source for installs fetched over MQTT. */
+#define AGENT_NET_SOURCE "net:"
+/* STATE_DIR/progress/<model>.progress and the chunk index cache dir
+ * STATE_DIR/cidx/<model> (caller frees). */
+char *agent_progress_path(const struct agent *a, const char *model);
+char *agent_cidx_dir(const struct agent *a, const char *model);
+/* Save an encoded chunk index in the model's cache under its SHA-256. */
+int agent_cidx_save(struct agent *a, const char *model, const void *buf, size_t len);
 
 /* Open the journal and the trust store and take the state lock. READ_ONLY
  * (status) takes no lock and opens no trust store: it may run beside the
@@ -38,6 +85,10 @@ struct agent {
 int agent_open(struct agent *a, const struct agent_config *cfg, bool read_only);
 void agent_close(struct agent *a);
 int agent_config_load(const char *path, struct agent_config *cfg, char *err, size_t err_len);
+struct cJSON;
+/* Parse "k=v,k=v" labels (names fl_name_valid <= 64, values <= 128 bytes)
+ * into a JSON object (RET may be NULL: only check). -FL_ECONFIG. */
+int agent_labels_parse(const char *text, struct cJSON **ret);
 
 /* Install the bundle at PATH (verify, pre-flight, stage into the inactive
  * slot, test, switch, then trial or commit). Returns 0 when the new version is

@@ -15,6 +15,7 @@
 
 #include "agent.h"
 #include "daemon.h"
+#include "session.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
@@ -109,7 +110,18 @@ int agent_run(struct agent *a)
 		return -errno;
 	fl_info("running: state %s, spool %s", a->cfg.state_dir, spool);
 
+	/* MQTT when configured; offline (spool only) otherwise. */
+	struct agent_session *sess = NULL;
+	if (a->cfg.mqtt_uri[0]) {
+		r = agent_session_new(a, &sess);
+		if (r < 0) {
+			fl_err("mqtt: %s", fl_strerror(r));
+			return r;
+		}
+	}
+
 	int64_t next_scan = 0;
+	int sess_timeout = 0;
 	for (;;) {
 		int64_t now = fl_mono_ms();
 		if (now >= next_scan) {
@@ -117,17 +129,29 @@ int agent_run(struct agent *a)
 			agent_trial_tick(a);
 			next_scan = now + TICK_MS;
 		}
-		struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
+		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN},
+					{.fd = ifd, .events = POLLIN},
+					{.fd = sess ? agent_session_fd(sess) : -1, .events = POLLIN}};
 		int timeout = (int)(next_scan - fl_mono_ms());
-		if (poll(pfd, 2, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
-			return -errno;
+		if (timeout < 0)
+			timeout = 0;
+		if (sess && sess_timeout >= 0 && sess_timeout < timeout)
+			timeout = sess_timeout;
+		if (poll(pfd, 3, timeout) < 0 && errno != EINTR) {
+			r = -errno;
+			agent_session_free(sess);
+			return r;
+		}
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				fl_info("signal %u: stopping", si.ssi_signo);
+				agent_session_free(sess);
 				return 0;
 			}
 		}
+		if (sess)
+			agent_session_run(sess, &sess_timeout);
 		if (pfd[1].revents & POLLIN) {
 			char buf[4096];
 			while (read(ifd, buf, sizeof(buf)) > 0)

@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "agent.h"
 #include <flotilla/bundle.h>
+#include <flotilla/chunkidx.h>
+#include <flotilla/hash.h>
 #include <flotilla/cleanup.h>
 #include <flotilla/dsse.h>
 #include <flotilla/error.h>
@@ -25,9 +28,12 @@ FL_DEFINE_CLEANUP(struct ota_slots, ota_slots_free)
 FL_DEFINE_CLEANUP(struct ota_manifest, ota_manifest_free)
 
 /* Events carry JSON details; build them with cJSON so any text is escaped. */
-static void event(struct agent *a, const char *model, const char *kind, const char *version,
-		  int err, const char *reason)
+void agent_event(struct agent *a, const char *model, const char *kind, const char *version,
+		 int err, const char *reason)
 {
+	a->state_dirty = true;
+	if (a->on_event)
+		a->on_event(a->on_event_ud, model, kind, version, err, reason);
 	cJSON *d = cJSON_CreateObject();
 	if (!d)
 		return;
@@ -51,7 +57,7 @@ static void event(struct agent *a, const char *model, const char *kind, const ch
 
 /* Manifest of the envelope stored in the journal (verified when it was
  * installed; parsed again, not re-verified: the key may have expired since). */
-static int envelope_manifest(const char *env, size_t len, struct ota_manifest **ret)
+int agent_envelope_manifest(const char *env, size_t len, struct ota_manifest **ret)
 {
 	struct ota_dsse *d = NULL;
 	int r = ota_dsse_parse(env, len, &d);
@@ -69,7 +75,7 @@ static int slot_manifest(struct agent *a, const char *model, char slot, struct o
 	int r = journal_slot_get(a->journal, model, slot, &sr);
 	if (r < 0)
 		return r;
-	r = sr.envelope ? envelope_manifest(sr.envelope, sr.envelope_len, ret) : -FL_EMISSING;
+	r = sr.envelope ? agent_envelope_manifest(sr.envelope, sr.envelope_len, ret) : -FL_EMISSING;
 	free(sr.envelope);
 	return r;
 }
@@ -84,6 +90,8 @@ static int verify_hook(void *ud, const char *env, size_t len, struct ota_manifes
 {
 	struct verify_ctx *v = ud;
 	struct ota_manifest *m = NULL;
+	if (!v->a->trust)
+		return -FL_EKEYUNKNOWN;
 	int r = ota_trust_verify_manifest(v->a->trust, env, len, v->now, 0, &m);
 	if (r < 0)
 		return r;
@@ -97,6 +105,42 @@ static int verify_hook(void *ud, const char *env, size_t len, struct ota_manifes
 	}
 	*ret = m;
 	return 0;
+}
+
+int agent_verify_envelope(struct agent *a, const char *env, size_t len, struct ota_manifest **ret)
+{
+	struct verify_ctx v = {.a = a, .now = fl_now_s()};
+	return verify_hook(&v, env, len, ret);
+}
+
+char *agent_progress_path(const struct agent *a, const char *model)
+{
+	return fl_asprintf("%s/progress/%s.progress", a->cfg.state_dir, model);
+}
+
+char *agent_cidx_dir(const struct agent *a, const char *model)
+{
+	return fl_asprintf("%s/cidx/%s", a->cfg.state_dir, model);
+}
+
+int agent_cidx_save(struct agent *a, const char *model, const void *buf, size_t len)
+{
+	_cleanup_free_ char *dir = agent_cidx_dir(a, model);
+	if (!dir)
+		return -ENOMEM;
+	int r = fl_mkdir_p(dir, 0755);
+	if (r < 0)
+		return r;
+	uint8_t h[FL_SHA256_LEN];
+	char hex[FL_SHA256_HEX_LEN + 1];
+	fl_sha256(buf, len, h);
+	fl_hex_encode(h, sizeof(h), hex);
+	_cleanup_free_ char *p = fl_path_join(dir, hex);
+	if (!p)
+		return -ENOMEM;
+	if (access(p, F_OK) == 0)
+		return 0;
+	return fl_write_file_atomic(p, buf, len, 0644);
 }
 
 static uint64_t dir_bytes(const char *dir)
@@ -134,8 +178,8 @@ static bool dir_nonempty(const char *dir)
 	return found;
 }
 
-static int preflight(struct agent *a, const struct ota_manifest *m, struct ota_slots *s,
-		     char *why, size_t why_len)
+int agent_preflight(struct agent *a, const struct ota_manifest *m, struct ota_slots *s,
+		    char *why, size_t why_len)
 {
 	struct ota_device_info dev;
 	char arch[64];
@@ -168,9 +212,14 @@ static int preflight(struct agent *a, const struct ota_manifest *m, struct ota_s
 
 /* Undo a staging that did not reach the switch: the inactive slot is emptied
  * and the install ends REJECTED with REASON. */
-static int reject_staged(struct agent *a, struct ota_slots *s, const struct install_rec *rec,
-			 int err, const char *reason)
+int agent_reject_staged(struct agent *a, struct ota_slots *s, const struct install_rec *rec,
+			int err, const char *reason)
 {
+	if (!strncmp(rec->source, AGENT_NET_SOURCE, strlen(AGENT_NET_SOURCE))) {
+		_cleanup_free_ char *pp = agent_progress_path(a, rec->model);
+		if (pp)
+			unlink(pp);
+	}
 	char msg[J_ERROR_MAX];
 	snprintf(msg, sizeof(msg), "%s (%s)", reason, fl_strerror(err));
 	if (ota_slots_current(s) != rec->to_slot) {
@@ -184,7 +233,7 @@ static int reject_staged(struct agent *a, struct ota_slots *s, const struct inst
 	int r = journal_install_set(a->journal, rec->id, ST_REJECTED, msg);
 	if (r < 0)
 		return r;
-	event(a, rec->model, "install.rejected", rec->version, err, reason);
+	agent_event(a, rec->model, "install.rejected", rec->version, err, reason);
 	return 0;
 }
 
@@ -195,20 +244,20 @@ static int finish_switch(struct agent *a, struct ota_slots *s, struct install_re
 	int r = ota_slots_switch(s, rec->to_slot);
 	if (r < 0)
 		return r;
-	event(a, rec->model, "install.switched", rec->version, 0, NULL);
+	agent_event(a, rec->model, "install.switched", rec->version, 0, NULL);
 	if (m->trial.window_s > 0 && rec->from_slot) {
 		r = journal_install_set(a->journal, rec->id, ST_TRIAL, NULL);
 		if (r == 0)
-			event(a, rec->model, "install.trial", rec->version, 0, NULL);
+			agent_event(a, rec->model, "install.trial", rec->version, 0, NULL);
 		return r;
 	}
 	r = journal_install_commit(a->journal, rec);
 	if (r == 0)
-		event(a, rec->model, "install.committed", rec->version, 0, NULL);
+		agent_event(a, rec->model, "install.committed", rec->version, 0, NULL);
 	return r;
 }
 
-static int from_testing(struct agent *a, struct ota_slots *s, struct install_rec *rec,
+int agent_finish_staged(struct agent *a, struct ota_slots *s, struct install_rec *rec,
 			const struct ota_manifest *m)
 {
 	int r = journal_install_set(a->journal, rec->id, ST_TESTING, NULL);
@@ -217,7 +266,7 @@ static int from_testing(struct agent *a, struct ota_slots *s, struct install_rec
 	char why[512] = "";
 	r = agent_acceptance(m, ota_slots_dir(s, rec->to_slot), why, sizeof(why));
 	if (r < 0) {
-		int k = reject_staged(a, s, rec, r, why[0] ? why : "acceptance tests failed");
+		int k = agent_reject_staged(a, s, rec, r, why[0] ? why : "acceptance tests failed");
 		return k < 0 ? k : r;
 	}
 	r = journal_install_set(a->journal, rec->id, ST_SWITCHING, NULL);
@@ -229,7 +278,7 @@ static int from_testing(struct agent *a, struct ota_slots *s, struct install_rec
 int agent_install_bundle(struct agent *a, const char *path)
 {
 	if (!a->trust) {
-		event(a, NULL, "install.rejected", NULL, -FL_EKEYUNKNOWN,
+		agent_event(a, NULL, "install.rejected", NULL, -FL_EKEYUNKNOWN,
 		      "no usable trust store (root keys)");
 		return -FL_EKEYUNKNOWN;
 	}
@@ -240,7 +289,7 @@ int agent_install_bundle(struct agent *a, const char *path)
 	if (r < 0) {
 		char why[600];
 		snprintf(why, sizeof(why), "bundle %s refused", path);
-		event(a, NULL, "install.rejected", NULL, r, why);
+		agent_event(a, NULL, "install.rejected", NULL, r, why);
 		return r;
 	}
 	const struct ota_manifest *m = ota_bundle_manifest(b);
@@ -254,7 +303,7 @@ int agent_install_bundle(struct agent *a, const char *path)
 	if (r < 0)
 		return r;
 	if (r > 0) {
-		event(a, m->name, "install.rejected", m->version, -FL_ESTATE,
+		agent_event(a, m->name, "install.rejected", m->version, -FL_ESTATE,
 		      "another install of this model is in progress");
 		return -FL_ESTATE;
 	}
@@ -266,19 +315,19 @@ int agent_install_bundle(struct agent *a, const char *path)
 	fl_strlcpy(rec.source, path, sizeof(rec.source));
 
 	char why[512] = "";
-	r = preflight(a, m, s, why, sizeof(why));
+	r = agent_preflight(a, m, s, why, sizeof(why));
 	if (r < 0) {
 		rec.state = ST_REJECTED;
 		snprintf(rec.error, sizeof(rec.error), "%s (%s)", why, fl_strerror(r));
 		int k = journal_install_begin(a->journal, &rec);
-		event(a, m->name, "install.rejected", m->version, r, why);
+		agent_event(a, m->name, "install.rejected", m->version, r, why);
 		return k < 0 ? k : r;
 	}
 
 	r = journal_install_begin(a->journal, &rec);
 	if (r < 0)
 		return r;
-	event(a, m->name, "install.started", m->version, 0, NULL);
+	agent_event(a, m->name, "install.started", m->version, 0, NULL);
 	r = journal_slot_set(a->journal, m->name, rec.to_slot, SLOT_STAGING, m->version,
 			     m->sequence, NULL, 0);
 	if (r < 0)
@@ -290,7 +339,7 @@ int agent_install_bundle(struct agent *a, const char *path)
 	if (r == 0)
 		r = ota_bundle_extract(b, ota_slots_dir(s, rec.to_slot));
 	if (r < 0) {
-		int k = reject_staged(a, s, &rec, r, "staging failed");
+		int k = agent_reject_staged(a, s, &rec, r, "staging failed");
 		return k < 0 ? k : r;
 	}
 	size_t env_len;
@@ -302,8 +351,17 @@ int agent_install_bundle(struct agent *a, const char *path)
 	r = journal_install_set(a->journal, rec.id, ST_STAGED, NULL);
 	if (r < 0)
 		return r;
-	event(a, m->name, "install.staged", m->version, 0, NULL);
-	return from_testing(a, s, &rec, m);
+	agent_event(a, m->name, "install.staged", m->version, 0, NULL);
+	for (size_t i = 0; i < m->n_files; i++) {
+		/* Kept for delta installs over MQTT (local chunk sources). */
+		const struct ota_chunkidx *ci = ota_bundle_chunk_index(b, i);
+		uint8_t *buf = NULL;
+		size_t blen = 0;
+		if (ci && ota_chunkidx_encode(ci, &buf, &blen) == 0)
+			agent_cidx_save(a, m->name, buf, blen);
+		free(buf);
+	}
+	return agent_finish_staged(a, s, &rec, m);
 }
 
 static int do_revert(struct agent *a, struct ota_slots *s, const struct install_rec *rec,
@@ -314,7 +372,7 @@ static int do_revert(struct agent *a, struct ota_slots *s, const struct install_
 		return r;
 	r = journal_install_rolled_back(a->journal, rec->id, rec->model, target, reason);
 	if (r == 0)
-		event(a, rec->model, "install.rolled_back", rec->version, 0, reason);
+		agent_event(a, rec->model, "install.rolled_back", rec->version, 0, reason);
 	return r;
 }
 
@@ -338,13 +396,19 @@ static int recover_model(void *ud, const char *model)
 	char msg[256];
 	switch (rec.state) {
 	case ST_FETCHING:
+		/* A network install keeps its verified chunks and resumes when
+		 * the service runs with MQTT (fetch.c); without MQTT it is undone. */
+		if (!strncmp(rec.source, AGENT_NET_SOURCE, strlen(AGENT_NET_SOURCE)) &&
+		    a->cfg.mqtt_uri[0])
+			return 0;
+		/* fall through */
 	case ST_STAGED:
 	case ST_TESTING:
 		/* Not switched yet: the old version never stopped being current.
 		 * Undo; a spooled bundle is picked up again by the spool scan. */
 		snprintf(msg, sizeof(msg), "interrupted in %s; inactive slot cleaned",
 			 inst_state_name(rec.state));
-		return reject_staged(a, s, &rec, -FL_ESTATE, msg);
+		return agent_reject_staged(a, s, &rec, -FL_ESTATE, msg);
 	case ST_SWITCHING: {
 		/* Tests passed before SWITCHING was written: complete forward. */
 		_cleanup_(ota_manifest_freep) struct ota_manifest *m = NULL;
@@ -363,7 +427,7 @@ static int recover_model(void *ud, const char *model)
 		if (boots < AGENT_TRIAL_MAX_BOOTS)
 			return 0;
 		snprintf(msg, sizeof(msg), "crash loop: %d agent starts during the trial", boots);
-		event(a, model, "install.trial_failed", rec.version, 0, msg);
+		agent_event(a, model, "install.trial_failed", rec.version, 0, msg);
 		r = journal_install_set(a->journal, rec.id, ST_REVERTING, msg);
 		if (r < 0)
 			return r;
@@ -401,7 +465,7 @@ int agent_revert(struct agent *a, const char *model, const char *reason)
 		return -FL_EMISSING; /* nothing to go back to */
 	}
 	_cleanup_(ota_manifest_freep) struct ota_manifest *m = NULL;
-	r = envelope_manifest(sr.envelope, sr.envelope_len, &m);
+	r = agent_envelope_manifest(sr.envelope, sr.envelope_len, &m);
 	free(sr.envelope);
 	if (r < 0)
 		return r;
@@ -454,7 +518,7 @@ static int tick_model(void *ud, const char *model)
 		return 0;
 	r = journal_install_commit(a->journal, &rec);
 	if (r == 0)
-		event(a, model, "install.committed", rec.version, 0, "trial window passed");
+		agent_event(a, model, "install.committed", rec.version, 0, "trial window passed");
 	return r;
 }
 
@@ -479,6 +543,12 @@ static int check_model(void *ud, const struct model_rec *mr)
 		return r;
 	char cur = ota_slots_current(s);
 	bool bad_slot[2] = {false, false};
+	/* A network install being fetched keeps its .part files for resuming. */
+	struct install_rec pend;
+	char resuming = 0;
+	if (journal_install_pending(a->journal, mr->name, &pend) > 0 && pend.state == ST_FETCHING &&
+	    !strncmp(pend.source, AGENT_NET_SOURCE, strlen(AGENT_NET_SOURCE)))
+		resuming = pend.to_slot;
 	for (char slot = 'a'; slot <= 'b'; slot++) {
 		struct slot_rec sr;
 		r = journal_slot_get(a->journal, mr->name, slot, &sr);
@@ -489,19 +559,19 @@ static int check_model(void *ud, const struct model_rec *mr)
 			free(sr.envelope);
 			/* Leftovers of an undone staging: an inactive, unrecorded slot
 			 * must be empty. */
-			if (slot != cur && dir_nonempty(dir)) {
+			if (slot != cur && slot != resuming && dir_nonempty(dir)) {
 				c->problems++;
 				r = ota_slots_clear(s, slot);
 				if (r < 0)
 					return r;
-				event(a, mr->name, "check.cleaned", NULL, 0, "leftover files in empty slot");
+				agent_event(a, mr->name, "check.cleaned", NULL, 0, "leftover files in empty slot");
 			}
 			if (slot == cur)
 				bad_slot[slot - 'a'] = true;
 			continue;
 		}
 		_cleanup_(ota_manifest_freep) struct ota_manifest *m = NULL;
-		r = envelope_manifest(sr.envelope, sr.envelope_len, &m);
+		r = agent_envelope_manifest(sr.envelope, sr.envelope_len, &m);
 		free(sr.envelope);
 		const char *bad = NULL;
 		if (r == 0)
@@ -513,7 +583,7 @@ static int check_model(void *ud, const struct model_rec *mr)
 		char why[600];
 		snprintf(why, sizeof(why), "slot %c (%s): %s: %s", slot, sr.version,
 			 bad ? bad : "manifest", fl_strerror(r));
-		event(a, mr->name, "check.damaged", sr.version, r, why);
+		agent_event(a, mr->name, "check.damaged", sr.version, r, why);
 		if (slot != cur) {
 			r = ota_slots_clear(s, slot);
 			if (r == 0)
@@ -528,7 +598,7 @@ static int check_model(void *ud, const struct model_rec *mr)
 		if (!bad_slot[other - 'a']) {
 			r = agent_revert(a, mr->name, "active slot damaged: reverted by check");
 			if (r < 0)
-				event(a, mr->name, "check.unrepairable", NULL, r,
+				agent_event(a, mr->name, "check.unrepairable", NULL, r,
 				      "active slot damaged and no good slot to revert to");
 		}
 	}

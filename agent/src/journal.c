@@ -53,7 +53,9 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS spool(key TEXT PRIMARY KEY, attempts INTEGER NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS events("
 	"  id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, model TEXT NOT NULL,"
-	"  kind TEXT NOT NULL, detail TEXT NOT NULL);";
+	"  kind TEXT NOT NULL, detail TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS cmds("
+	"  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE);";
 
 static int db_err(struct journal *j, const char *what)
 {
@@ -523,4 +525,25 @@ int journal_spool_forget(struct journal *j, const char *key)
 		return db_err(j, "prepare spool forget");
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	return step_done(j, st, "spool forget");
+}
+
+int journal_cmd_seen(struct journal *j, const char *id)
+{
+	if (!id || !id[0] || strlen(id) > J_CMD_ID_MAX)
+		return -EINVAL;
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(j->db, "INSERT OR IGNORE INTO cmds(id) VALUES(?)", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return db_err(j, "prepare cmd");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return db_err(j, "cmd insert");
+	if (sqlite3_changes(j->db) == 0)
+		return 1;
+	char sql[128];
+	snprintf(sql, sizeof(sql),
+		 "DELETE FROM cmds WHERE seq <= (SELECT MAX(seq) FROM cmds) - %d", J_CMD_IDS_KEPT);
+	return exec(j, sql);
 }

@@ -104,4 +104,11 @@ int journal_event(struct journal *j, const char *model, const char *kind, const 
 /* Count events of KIND for MODEL (tests and status). */
 int journal_event_count(struct journal *j, const char *model, const char *kind);
 
+/* Command ids seen over MQTT: the last J_CMD_IDS_KEPT are remembered.
+ * Returns 1 when ID was seen already (a redelivery: drop it), 0 when it is
+ * new (now recorded). -EINVAL for an empty id or one over J_CMD_ID_MAX. */
+#define J_CMD_IDS_KEPT 64
+#define J_CMD_ID_MAX 128
+int journal_cmd_seen(struct journal *j, const char *id);
+
 #endif

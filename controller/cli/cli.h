@@ -10,6 +10,8 @@ int cli_bundle_main(int argc, char **argv);  /* flotilla bundle ... */
 int cli_pki_main(int argc, char **argv);     /* flotilla pki ... */
 int cli_push_main(int argc, char **argv);    /* flotilla push | bundle push */
 int cli_devices_main(int argc, char **argv); /* flotilla devices ... */
+int cli_deploy_main(int argc, char **argv);  /* flotilla deploy DEVICE MODEL@VERSION */
+int cli_revert_main(int argc, char **argv);  /* flotilla revert DEVICE MODEL */
 
 /* Print "flotilla: " + message + ": " + fl_strerror(err) to stderr. */
 void cli_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -46,9 +46,9 @@ static size_t on_data(char *data, size_t size, size_t n, void *ud)
 	return k;
 }
 
-int cli_http_request(const char *method, const char *base_url, const char *path,
-		     const char *token, const char *upload_path, struct cli_http_resp *ret,
-		     char *ret_err, size_t err_len)
+static int request(const char *method, const char *base_url, const char *path,
+		   const char *token, const char *upload_path, const char *json,
+		   struct cli_http_resp *ret, char *ret_err, size_t err_len)
 {
 	if (!base_url || (strncmp(base_url, "http://", 7) && strncmp(base_url, "https://", 8))) {
 		fl_snprintf(ret_err, err_len, "controller URL must start with http:// or https://");
@@ -87,6 +87,8 @@ int cli_http_request(const char *method, const char *base_url, const char *path,
 		hdr = curl_slist_append(hdr, auth);
 	if (up)
 		hdr = curl_slist_append(hdr, "Content-Type: application/x-tar");
+	if (json)
+		hdr = curl_slist_append(hdr, "Content-Type: application/json");
 	struct sink s = {0};
 	char cerr[CURL_ERROR_SIZE] = "";
 	curl_easy_setopt(cu, CURLOPT_URL, url);
@@ -101,6 +103,9 @@ int cli_http_request(const char *method, const char *base_url, const char *path,
 		curl_easy_setopt(cu, CURLOPT_POST, 1L);
 		curl_easy_setopt(cu, CURLOPT_READDATA, up);
 		curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)st.st_size);
+	} else if (json) {
+		curl_easy_setopt(cu, CURLOPT_POSTFIELDS, json);
+		curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json));
 	} else if (strcmp(method, "GET")) {
 		curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
 	}
@@ -125,6 +130,21 @@ int cli_http_request(const char *method, const char *base_url, const char *path,
 	ret->body = s.p;
 	ret->len = s.len;
 	return 0;
+}
+
+int cli_http_request(const char *method, const char *base_url, const char *path,
+		     const char *token, const char *upload_path, struct cli_http_resp *ret,
+		     char *ret_err, size_t err_len)
+{
+	return request(method, base_url, path, token, upload_path, NULL, ret, ret_err, err_len);
+}
+
+int cli_http_post_json(const char *base_url, const char *path, const char *token,
+		       const char *json, struct cli_http_resp *ret, char *ret_err, size_t err_len)
+{
+	if (!json)
+		return -EINVAL;
+	return request("POST", base_url, path, token, NULL, json, ret, ret_err, err_len);
 }
 
 const char *cli_http_error_text(const char *body, size_t len, char *buf, size_t buf_len)

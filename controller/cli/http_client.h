@@ -10,6 +10,8 @@
 /* Commands built on it (also declared in cli.h by the dispatcher). */
 int cli_push_main(int argc, char **argv);    /* flotilla push | bundle push */
 int cli_devices_main(int argc, char **argv); /* flotilla devices ... */
+int cli_deploy_main(int argc, char **argv);  /* flotilla deploy ... */
+int cli_revert_main(int argc, char **argv);  /* flotilla revert ... */
 
 struct cli_http_resp {
 	long status;
@@ -25,6 +27,11 @@ struct cli_http_resp {
 int cli_http_request(const char *method, const char *base_url, const char *path,
 		     const char *token, const char *upload_path, struct cli_http_resp *ret,
 		     char *ret_err, size_t err_len);
+
+/* POST the JSON text JSON to BASE_URL + PATH (application/json), otherwise
+ * as cli_http_request(). */
+int cli_http_post_json(const char *base_url, const char *path, const char *token,
+		       const char *json, struct cli_http_resp *ret, char *ret_err, size_t err_len);
 
 /* The "error" member of a JSON error body, or NULL (points into BODY's copy
  * in BUF of BUF_LEN bytes). */

@@ -28,6 +28,8 @@ static void usage(FILE *f)
 	      "  bundle create|sign|verify|inspect|diff ...    signed model bundles\n"
 	      "  bundle push BUNDLE --controller URL [--token T]  upload to the controller\n"
 	      "  devices list|show ID [--json]                   the fleet as the controller sees it\n"
+	      "  deploy DEVICE MODEL@VERSION --controller URL    send a pushed bundle to a device\n"
+	      "  revert DEVICE MODEL --controller URL            switch a device back to its previous slot\n"
 	      "  pki init|issue-device|issue-server|issue-controller ...  fleet CA and certificates\n"
 	      "\n"
 	      "Run 'flotilla COMMAND --help' for a command's options.\n",
@@ -58,6 +60,10 @@ int main(int argc, char **argv)
 		return cli_push_main(argc - 1, argv + 1);
 	if (!strcmp(cmd, "devices"))
 		return cli_devices_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "deploy"))
+		return cli_deploy_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "revert"))
+		return cli_revert_main(argc - 1, argv + 1);
 	fprintf(stderr, "flotilla: unknown command '%s' (try 'flotilla --help')\n", cmd);
 	return 2;
 }

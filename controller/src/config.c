@@ -78,6 +78,57 @@ static int add_tokens(struct ctl_config *cfg, const char *list, enum ctl_role ro
 	return 0;
 }
 
+/* The [mqtt] section: all of it or none (uri starts it). */
+static int load_mqtt(struct fl_config *fc, const char *path, struct ctl_config *c, char *err,
+		     size_t err_len)
+{
+	const char *uri = fl_config_get_str(fc, "mqtt.uri", NULL);
+	const char *ca = fl_config_get_str(fc, "mqtt.ca", NULL);
+	const char *cert = fl_config_get_str(fc, "mqtt.cert", NULL);
+	const char *key = fl_config_get_str(fc, "mqtt.key", NULL);
+	const char *id = fl_config_get_str(fc, "mqtt.client_id", NULL);
+	const char *vh = fl_config_get_str(fc, "mqtt.verify_host", NULL);
+	if (!uri || !*uri) {
+		if (ca || cert || key || id || vh) {
+			fl_snprintf(err, err_len, "%s: [mqtt] needs uri", path);
+			return -FL_ECONFIG;
+		}
+		return 0;
+	}
+	bool tls = !strncmp(uri, "ssl://", 6) || !strncmp(uri, "mqtts://", 8);
+	bool plain = !strncmp(uri, "tcp://", 6) || !strncmp(uri, "mqtt://", 7);
+	if (!tls && !plain) {
+		fl_snprintf(err, err_len, "%s: mqtt.uri must be ssl://, mqtts://, tcp:// or mqtt://",
+			    path);
+		return -FL_ECONFIG;
+	}
+	if (tls && (!ca || !*ca || !cert || !*cert || !key || !*key)) {
+		fl_snprintf(err, err_len, "%s: [mqtt] over TLS needs ca, cert and key", path);
+		return -FL_ECONFIG;
+	}
+	if (id && !fl_name_valid(id, 64)) {
+		fl_snprintf(err, err_len, "%s: mqtt.client_id is not a valid name", path);
+		return -FL_ECONFIG;
+	}
+	if (!tls && !id) {
+		fl_snprintf(err, err_len, "%s: [mqtt] without TLS needs client_id", path);
+		return -FL_ECONFIG;
+	}
+	if (fl_config_get_bool(fc, "mqtt.verify_host", true, &c->mqtt_verify_host) < 0) {
+		fl_snprintf(err, err_len, "%s: mqtt.verify_host must be true or false", path);
+		return -FL_ECONFIG;
+	}
+	c->mqtt_uri = strdup(uri);
+	c->mqtt_ca = dup_or_null(ca);
+	c->mqtt_cert = dup_or_null(cert);
+	c->mqtt_key = dup_or_null(key);
+	c->mqtt_client_id = dup_or_null(id);
+	if (!c->mqtt_uri || (ca && !c->mqtt_ca) || (cert && !c->mqtt_cert) ||
+	    (key && !c->mqtt_key) || (id && !c->mqtt_client_id))
+		return -ENOMEM;
+	return 0;
+}
+
 int ctl_config_load(const char *path, struct ctl_config *ret, char *err, size_t err_len)
 {
 	static const char *const keys[] = {
@@ -86,6 +137,9 @@ int ctl_config_load(const char *path, struct ctl_config *ret, char *err, size_t 
 		"controller.read_tokens",      "controller.operator_tokens",
 		"controller.max_upload_bytes", "controller.ingest_batch_records",
 		"controller.ingest_flush_ms",  "controller.log_level",
+		"mqtt.uri",                    "mqtt.ca",
+		"mqtt.cert",                   "mqtt.key",
+		"mqtt.client_id",              "mqtt.verify_host",
 		NULL};
 	_cleanup_(fl_config_freep) struct fl_config *fc = NULL;
 	int r = fl_config_load(path, &fc, err, err_len);
@@ -131,6 +185,8 @@ int ctl_config_load(const char *path, struct ctl_config *ret, char *err, size_t 
 	if ((r = add_tokens(&c, fl_config_get_str(fc, "controller.operator_tokens", NULL),
 			    CTL_ROLE_OPERATOR, err, err_len)) < 0)
 		goto fail;
+	if ((r = load_mqtt(fc, path, &c, err, err_len)) < 0)
+		goto fail;
 	*ret = c;
 	return 0;
 bad_value:
@@ -149,6 +205,11 @@ void ctl_config_free(struct ctl_config *cfg)
 	free(cfg->listen);
 	free(cfg->trust_dir);
 	free(cfg->log_level);
+	free(cfg->mqtt_uri);
+	free(cfg->mqtt_ca);
+	free(cfg->mqtt_cert);
+	free(cfg->mqtt_key);
+	free(cfg->mqtt_client_id);
 	for (size_t i = 0; i < cfg->n_tokens; i++) {
 		free((char *)cfg->tokens[i].name);
 		free((char *)cfg->tokens[i].secret);

@@ -11,10 +11,19 @@
  *   ingest_batch_records = 5000
  *   ingest_flush_ms = 200
  *   log_level = info
+ *
+ *   [mqtt]                                      # optional: no MQTT without it
+ *   uri = ssl://broker.example:8883             # ssl:// or mqtts:// (tcp:// for tests)
+ *   ca = /etc/flotilla/pki/ca.crt               # the fleet CA
+ *   cert = /etc/flotilla/pki/controller.crt     # this instance's certificate
+ *   key = /etc/flotilla/pki/controller.key
+ *   client_id = flotilla-controller             # default: the certificate's CN
+ *   verify_host = true
  */
 #ifndef FLOTILLA_CTL_CONFIG_H
 #define FLOTILLA_CTL_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +40,9 @@ struct ctl_config {
 	uint64_t max_upload_bytes;
 	size_t batch_records;
 	int64_t flush_ms;
+	/* [mqtt]: mqtt_uri NULL when absent */
+	char *mqtt_uri, *mqtt_ca, *mqtt_cert, *mqtt_key, *mqtt_client_id;
+	bool mqtt_verify_host;
 };
 
 /* Load and check PATH. Unknown keys, a missing data_dir, a token shorter than

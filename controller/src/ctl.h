@@ -151,4 +151,25 @@ int ctl_metrics_text(struct ctl *c, char **ret);
 /* Record an audit entry. */
 int ctl_audit(struct ctl *c, const char *actor, const char *action, const char *reason);
 
+/* ---------------------------------------------------------------- commands
+ * cmd payloads (docs/protocol.md "cmd"). Each gets a fresh id "c-" + 32 hex
+ * (128 random bits) in RET_ID. The JSON (caller frees) is at most
+ * CTL_CMD_MAX_BYTES. */
+#define CTL_CMD_MAX_BYTES (512 * 1024)
+#define CTL_CMD_ID_SIZE 35 /* "c-" + 32 hex + NUL */
+#define CTL_VERSION_MAX 64
+
+/* A deploy of the pushed bundle MODEL VERSION: {"v":1,"id":..,"kind":"deploy",
+ * "envelope":"<the stored envelope>"}. Errors: -EINVAL (MODEL not a valid
+ * name, VERSION empty, longer than CTL_VERSION_MAX or with blanks/control
+ * characters), -ENOENT (no such bundle), -FL_ETOOBIG (envelope too large for
+ * one cmd), -FL_EDB, -ENOMEM, -errno (no randomness). */
+int ctl_cmd_deploy(struct ctl *c, const char *model, const char *version,
+		   char ret_id[CTL_CMD_ID_SIZE], char **ret_json);
+/* A revert of MODEL to its previous slot: {"v":1,"id":..,"kind":"revert",
+ * "model":MODEL}. Errors: -EINVAL (bad name), -ENOMEM, -errno. */
+int ctl_cmd_revert(const char *model, char ret_id[CTL_CMD_ID_SIZE], char **ret_json);
+/* True when S is an acceptable version string (see ctl_cmd_deploy()). */
+bool ctl_version_valid(const char *s);
+
 #endif

@@ -18,6 +18,8 @@
 #include "http.h"
 
 #define API_PREFIX "/api/v1/"
+
+FL_DEFINE_CLEANUP(cJSON, cJSON_Delete)
 #define MAX_QUERY_ARGS 16
 #define QUERY_VALUE_MAX 256
 
@@ -29,9 +31,16 @@ struct ctl_http {
 	char *tmp_dir;
 	struct ctl_token *tokens;
 	size_t n_tokens;
+	struct ctl_mqtt *mqtt;
+	int cmd_wait_ms;
 };
 
+enum req_kind { REQ_PUSH, REQ_DEPLOY, REQ_REVERT };
+
 struct req {
+	enum req_kind kind;
+	char device[CTL_DEVICE_ID_MAX + 1];
+	struct fl_buf body; /* deploy / revert */
 	int fd;
 	char *tmp_path;
 	uint64_t got;
@@ -319,6 +328,155 @@ static enum MHD_Result start_push(struct ctl_http *h, struct MHD_Connection *con
 	return MHD_YES;
 }
 
+/* ---------------------------------------------------------------- deploy / revert */
+
+static enum MHD_Result start_cmd(struct MHD_Connection *conn, enum req_kind kind,
+				 const char *id, size_t id_len, const char *actor, void **con_cls)
+{
+	if (!no_query(conn))
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+	char dev[CTL_DEVICE_ID_MAX + 1];
+	if (id_len == 0 || id_len > CTL_DEVICE_ID_MAX)
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such device");
+	memcpy(dev, id, id_len);
+	dev[id_len] = 0;
+	if (!fl_name_valid(dev, CTL_DEVICE_ID_MAX))
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such device");
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+	int64_t declared;
+	if (cl && (fl_parse_i64(cl, 0, INT64_MAX, &declared) < 0 ||
+		   declared > CTL_HTTP_JSON_BODY_MAX))
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	struct req *rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return MHD_NO;
+	rq->kind = kind;
+	rq->fd = -1;
+	rq->actor = actor;
+	memcpy(rq->device, dev, id_len + 1);
+	*con_cls = rq;
+	return MHD_YES;
+}
+
+static unsigned cmd_status(int r)
+{
+	switch (-r) {
+	case ENOENT:
+		return MHD_HTTP_NOT_FOUND;
+	case ENOTCONN:
+	case FL_EBUSY:
+		return MHD_HTTP_SERVICE_UNAVAILABLE;
+	case FL_ENET:
+		return MHD_HTTP_BAD_GATEWAY;
+	case ENOMEM:
+	case FL_EDB:
+		return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	default:
+		return r <= -FL_EBASE || r == -EINVAL ? MHD_HTTP_BAD_REQUEST
+						      : MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+/* Parse the body: deploy {"model","version"}, revert {"model"}. */
+static int parse_cmd_body(const struct req *rq, const char **ret_model, const char **ret_version,
+			  cJSON **ret_root)
+{
+	static const char *const dkeys[] = {"model", "version", NULL};
+	static const char *const rkeys[] = {"model", NULL};
+	if (rq->body.len == 0)
+		return -FL_ESCHEMA;
+	cJSON *root = NULL;
+	int r = fl_json_parse(rq->body.p, rq->body.len, CTL_HTTP_JSON_BODY_MAX, 4, &root);
+	if (r < 0)
+		return r;
+	const char *model = NULL, *version = NULL;
+	if (!cJSON_IsObject(root))
+		r = -FL_ESCHEMA;
+	if (r >= 0)
+		r = fl_json_check_keys(root, rq->kind == REQ_DEPLOY ? dkeys : rkeys, NULL);
+	if (r >= 0)
+		r = fl_json_get_str(root, "model", &model);
+	if (r >= 0 && rq->kind == REQ_DEPLOY)
+		r = fl_json_get_str(root, "version", &version);
+	if (r >= 0 && !fl_name_valid(model, 64))
+		r = -EINVAL;
+	if (r >= 0 && rq->kind == REQ_DEPLOY && !ctl_version_valid(version))
+		r = -EINVAL;
+	if (r < 0) {
+		cJSON_Delete(root);
+		return r;
+	}
+	*ret_model = model;
+	*ret_version = version;
+	*ret_root = root;
+	return 0;
+}
+
+static enum MHD_Result finish_cmd(struct ctl_http *h, struct MHD_Connection *conn,
+				  struct req *rq)
+{
+	if (rq->too_big)
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	if (rq->write_failed)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	const char *model, *version;
+	cJSON *root = NULL;
+	int r = parse_cmd_body(rq, &model, &version, &root);
+	if (r < 0)
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+				     rq->kind == REQ_DEPLOY
+					     ? "expected {\"model\": NAME, \"version\": VERSION}"
+					     : "expected {\"model\": NAME}");
+	_cleanup_(cJSON_Deletep) cJSON *body = root;
+	cJSON *dev = NULL;
+	r = ctl_device_get(h->ctl, rq->device, &dev);
+	cJSON_Delete(dev);
+	if (r == -ENOENT)
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such device");
+	if (r < 0)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+	char id[CTL_CMD_ID_SIZE];
+	_cleanup_free_ char *cmd = NULL;
+	if (rq->kind == REQ_DEPLOY)
+		r = ctl_cmd_deploy(h->ctl, model, version, id, &cmd);
+	else
+		r = ctl_cmd_revert(model, id, &cmd);
+	if (r == -ENOENT)
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such bundle (push it first)");
+	if (r < 0)
+		return respond_error(conn, cmd_status(r), fl_strerror(r));
+	if (!h->mqtt)
+		return respond_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				     "no MQTT session configured ([mqtt] in the config)");
+	r = ctl_mqtt_command(h->mqtt, rq->device, cmd, strlen(cmd), h->cmd_wait_ms);
+	if (r < 0) {
+		char msg[160];
+		fl_snprintf(msg, sizeof(msg), "command not sent: %s",
+			    r == -ENOTCONN ? "not connected to the broker" : fl_strerror(r));
+		return respond_error(conn, cmd_status(r), msg);
+	}
+	const char *action = rq->kind == REQ_DEPLOY ? "device.deploy" : "device.revert";
+	_cleanup_free_ char *what =
+		rq->kind == REQ_DEPLOY
+			? fl_asprintf("device %s model %s version %s command %s", rq->device, model,
+				      version, id)
+			: fl_asprintf("device %s model %s command %s", rq->device, model, id);
+	int ar = what ? ctl_audit(h->ctl, rq->actor ? rq->actor : "", action, what) : -ENOMEM;
+	cJSON *o = cJSON_CreateObject();
+	if (!o || !cJSON_AddStringToObject(o, "id", id) ||
+	    !cJSON_AddStringToObject(o, "device", rq->device) ||
+	    !cJSON_AddStringToObject(o, "kind", rq->kind == REQ_DEPLOY ? "deploy" : "revert") ||
+	    !cJSON_AddStringToObject(o, "model", model) ||
+	    (version && !cJSON_AddStringToObject(o, "version", version)) ||
+	    !cJSON_AddBoolToObject(o, "published", r == 1) ||
+	    !cJSON_AddBoolToObject(o, "audited", ar >= 0)) {
+		cJSON_Delete(o);
+		return MHD_NO;
+	}
+	return respond_json(conn, r == 1 ? MHD_HTTP_OK : MHD_HTTP_ACCEPTED, o);
+}
+
 /* ---------------------------------------------------------------- routing */
 
 static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, const char *url,
@@ -345,10 +503,19 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
 		if (!no_query(conn))
 			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
-		char *text = NULL;
+		char *text = NULL, *more = NULL;
 		int r = ctl_metrics_text(h->ctl, &text);
-		if (r < 0)
+		if (r >= 0 && h->mqtt && (r = ctl_mqtt_metrics_text(h->mqtt, &more)) >= 0) {
+			char *all = fl_asprintf("%s%s", text, more);
+			free(text);
+			free(more);
+			text = all;
+			r = all ? 0 : -ENOMEM;
+		}
+		if (r < 0) {
+			free(text);
 			return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+		}
 		return respond(conn, MHD_HTTP_OK, text, "text/plain; version=0.0.4");
 	}
 	if (!strcmp(url, API_PREFIX "bundles")) {
@@ -374,6 +541,23 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 		return get_devices(h, conn);
 	}
 	static const char dev_prefix[] = API_PREFIX "devices/";
+	if (!strncmp(url, dev_prefix, sizeof(dev_prefix) - 1) &&
+	    strchr(url + sizeof(dev_prefix) - 1, '/')) {
+		const char *id = url + sizeof(dev_prefix) - 1;
+		const char *slash = strchr(id, '/');
+		enum req_kind kind;
+		if (!strcmp(slash, "/deploy"))
+			kind = REQ_DEPLOY;
+		else if (!strcmp(slash, "/revert"))
+			kind = REQ_REVERT;
+		else
+			return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
+		if (!post)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (role != CTL_ROLE_OPERATOR)
+			return respond_error(conn, MHD_HTTP_FORBIDDEN, "this token may only read");
+		return start_cmd(conn, kind, id, (size_t)(slash - id), actor, con_cls);
+	}
 	if (!strncmp(url, dev_prefix, sizeof(dev_prefix) - 1)) {
 		if (!get)
 			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
@@ -407,6 +591,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		*upload_data_size = 0;
 		if (rq->too_big || rq->write_failed)
 			return MHD_YES; /* drain */
+		if (rq->kind != REQ_PUSH) {
+			if (rq->body.len + n > CTL_HTTP_JSON_BODY_MAX)
+				rq->too_big = true;
+			else if (fl_buf_append(&rq->body, upload_data, n) < 0)
+				rq->write_failed = true;
+			return MHD_YES;
+		}
 		if (rq->got + n > h->max_upload) {
 			rq->too_big = true;
 			return MHD_YES;
@@ -416,6 +607,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		rq->got += n;
 		return MHD_YES;
 	}
+	if (rq->kind != REQ_PUSH)
+		return finish_cmd(h, conn, rq);
 	return finish_push(h, conn, rq);
 }
 
@@ -431,6 +624,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		unlink(rq->tmp_path);
 		free(rq->tmp_path);
 	}
+	fl_buf_free(&rq->body);
 	free(rq);
 	*con_cls = NULL;
 }
@@ -456,6 +650,8 @@ int ctl_http_start(struct ctl *c, const struct ctl_http_opts *o, struct ctl_http
 	if (!h)
 		return -ENOMEM;
 	h->ctl = c;
+	h->mqtt = o->mqtt;
+	h->cmd_wait_ms = o->cmd_wait_ms > 0 ? o->cmd_wait_ms : 5000;
 	h->max_upload = o->max_upload_bytes ? o->max_upload_bytes : CTL_HTTP_DEFAULT_UPLOAD;
 	h->tmp_dir = strdup(o->tmp_dir);
 	h->tokens = calloc(o->n_tokens ? o->n_tokens : 1, sizeof(*h->tokens));

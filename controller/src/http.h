@@ -6,11 +6,13 @@
 #include <stdint.h>
 
 #include "ctl.h"
+#include "ctl_mqtt.h"
 
 #define CTL_HTTP_MAX_TOKENS 64
 #define CTL_HTTP_TOKEN_MAX 256
 #define CTL_HTTP_MAX_CONNECTIONS 64
 #define CTL_HTTP_DEFAULT_UPLOAD (4ull * 1024 * 1024 * 1024)
+#define CTL_HTTP_JSON_BODY_MAX 4096 /* deploy / revert request bodies */
 
 enum ctl_role {
 	CTL_ROLE_NONE = 0,
@@ -31,6 +33,8 @@ struct ctl_http_opts {
 	size_t n_tokens;
 	uint64_t max_upload_bytes;    /* 0: CTL_HTTP_DEFAULT_UPLOAD */
 	const char *tmp_dir;          /* where uploads are spooled (required) */
+	struct ctl_mqtt *mqtt;        /* commands go out through it; NULL: 503 */
+	int cmd_wait_ms;              /* how long deploy/revert wait for PUBACK; 0: 5000 */
 };
 
 struct ctl_http;

@@ -3,11 +3,15 @@
  *   flotilla-controller --config FILE [--port-file FILE]
  *
  * Serves the HTTP API until SIGTERM or SIGINT, then stops cleanly: the HTTP
- * threads are joined and pending telemetry is committed. The MQTT side joins
- * later (it will call ctl_registry_on_state(), ctl_ingest_batch() and
- * ctl_chunks_read()). */
+ * threads are joined and pending telemetry is committed. With an [mqtt]
+ * section it also runs the device session (ctl_mqtt.h) in this thread's
+ * poll loop: states, telemetry, chunk requests in; chunk data and commands
+ * out. */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,11 +22,55 @@
 #include <flotilla/log.h>
 #include <flotilla/util.h>
 
+#include <flotilla/pki.h>
+
 #include "config.h"
 #include "ctl.h"
+#include "ctl_mqtt.h"
 #include "http.h"
 
 #define TICK_MS 100
+
+/* Start the MQTT session of [mqtt] (*RET stays NULL without one). */
+static int start_mqtt(struct ctl *c, const struct ctl_config *cfg, struct ctl_mqtt **ret)
+{
+	if (!cfg->mqtt_uri)
+		return 0;
+	char cn[PKI_NAME_MAX_LEN + 1] = "";
+	const char *id = cfg->mqtt_client_id;
+	if (!id) {
+		/* The broker takes the certificate's CN as the user name and
+		 * client id (docs/broker.md): use the same. */
+		struct pki_cert_info info;
+		memset(&info, 0, sizeof(info));
+		int r = pki_verify(cfg->mqtt_ca, cfg->mqtt_cert, NULL, PKI_KIND_ANY, &info);
+		if (r < 0) {
+			fprintf(stderr, "flotilla-controller: certificate %s: %s\n", cfg->mqtt_cert,
+				fl_strerror(r));
+			return r;
+		}
+		fl_strlcpy(cn, info.cn, sizeof(cn));
+		id = cn;
+	}
+	struct ctl_mqtt_opts mo = {.uri = cfg->mqtt_uri,
+				   .client_id = id,
+				   .ca_file = cfg->mqtt_ca,
+				   .cert_file = cfg->mqtt_cert,
+				   .key_file = cfg->mqtt_key,
+				   .verify_host = cfg->mqtt_verify_host};
+	struct ctl_mqtt *m = NULL;
+	int r = ctl_mqtt_new(c, &mo, &m);
+	if (r >= 0)
+		r = ctl_mqtt_start(m);
+	if (r < 0) {
+		fprintf(stderr, "flotilla-controller: MQTT %s: %s\n", cfg->mqtt_uri, fl_strerror(r));
+		ctl_mqtt_free(m);
+		return r;
+	}
+	fl_info("mqtt: connecting to %s as %s", cfg->mqtt_uri, id);
+	*ret = m;
+	return 0;
+}
 
 static void usage(FILE *f)
 {
@@ -91,19 +139,27 @@ int main(int argc, char **argv)
 		ctl_config_free(&cfg);
 		return 1;
 	}
+	struct ctl_mqtt *mq = NULL;
+	if (start_mqtt(c, &cfg, &mq) < 0) {
+		ctl_free(c);
+		ctl_config_free(&cfg);
+		return 1;
+	}
 	char *tmp = fl_path_join(cfg.data_dir, "tmp");
 	struct ctl_http_opts ho = {.address = cfg.listen,
 				   .port = cfg.port,
 				   .tokens = cfg.tokens,
 				   .n_tokens = cfg.n_tokens,
 				   .max_upload_bytes = cfg.max_upload_bytes,
-				   .tmp_dir = tmp};
+				   .tmp_dir = tmp,
+				   .mqtt = mq};
 	struct ctl_http *h = NULL;
 	r = tmp ? ctl_http_start(c, &ho, &h) : -ENOMEM;
 	free(tmp);
 	if (r < 0) {
 		fprintf(stderr, "flotilla-controller: cannot listen on %s port %u: %s\n", cfg.listen,
 			(unsigned)cfg.port, fl_strerror(r));
+		ctl_mqtt_free(mq);
 		ctl_free(c);
 		ctl_config_free(&cfg);
 		return 1;
@@ -116,6 +172,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "flotilla-controller: cannot write %s: %s\n", port_file,
 				fl_strerror(n < 0 ? n : r));
 			ctl_http_stop(h);
+			ctl_mqtt_free(mq);
 			ctl_free(c);
 			ctl_config_free(&cfg);
 			return 1;
@@ -124,18 +181,54 @@ int main(int argc, char **argv)
 	fl_info("listening on %s port %u, data in %s, bundles %s", cfg.listen, (unsigned)port,
 		cfg.data_dir, cfg.trust_dir ? "verified" : "NOT verified (no trust_dir)");
 
-	struct timespec tick = {.tv_sec = 0, .tv_nsec = TICK_MS * 1000000L};
+	int sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		fprintf(stderr, "flotilla-controller: signalfd: %s\n", fl_strerror(-errno));
+		ctl_http_stop(h);
+		ctl_mqtt_free(mq);
+		ctl_free(c);
+		ctl_config_free(&cfg);
+		return 1;
+	}
+	int64_t next_tick = fl_mono_ms() + TICK_MS;
 	for (;;) {
-		int sig = sigtimedwait(&sigs, NULL, &tick);
-		if (sig == SIGTERM || sig == SIGINT) {
-			fl_info("signal %d: stopping", sig);
+		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN}};
+		int n = 1, mfds[2];
+		int k = mq ? ctl_mqtt_fds(mq, mfds) : 0;
+		for (int i = 0; i < k; i++)
+			pfd[n++] = (struct pollfd){.fd = mfds[i], .events = POLLIN};
+		int64_t now = fl_mono_ms();
+		int timeout = next_tick > now ? (int)(next_tick - now) : 0;
+		if (mq) {
+			int next = -1;
+			ctl_mqtt_run(mq, now, &next);
+			if (next >= 0 && next < timeout)
+				timeout = next;
+		}
+		if (poll(pfd, (nfds_t)n, timeout) < 0 && errno != EINTR) {
+			fl_err("poll: %s", fl_strerror(-errno));
 			break;
 		}
-		r = ctl_tick(c);
-		if (r < 0)
-			fl_warn("telemetry commit failed: %s (records kept pending)", fl_strerror(r));
+		if (pfd[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si) &&
+			    (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) {
+				fl_info("signal %u: stopping", si.ssi_signo);
+				break;
+			}
+		}
+		if (fl_mono_ms() >= next_tick) {
+			next_tick = fl_mono_ms() + TICK_MS;
+			r = ctl_tick(c);
+			if (r < 0)
+				fl_warn("telemetry commit failed: %s (records kept pending)",
+					fl_strerror(r));
+		}
 	}
+	close(sfd);
+	/* HTTP first: its threads may be waiting on a command. */
 	ctl_http_stop(h);
+	ctl_mqtt_free(mq);
 	ctl_free(c);
 	ctl_config_free(&cfg);
 	return 0;

@@ -105,6 +105,9 @@ struct ctl_store_ops {
 	 * version) or (model, sequence) exists with another envelope. */
 	int (*bundle_put)(struct ctl_store *s, const struct ctl_bundle_rec *b);
 	int (*bundle_list)(struct ctl_store *s, cJSON **ret); /* {"bundles":[...]} */
+	/* The stored envelope of MODEL VERSION (caller frees); -ENOENT. */
+	int (*bundle_envelope)(struct ctl_store *s, const char *model, const char *version,
+			       char **ret);
 
 	/* 1 inserted, 0 duplicate (device, stream, seq). */
 	int (*tele_insert)(struct ctl_store *s, const struct ctl_tele_rec *r);

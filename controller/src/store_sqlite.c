@@ -94,6 +94,7 @@ enum {
 	Q_BUNDLE_CONFLICT,
 	Q_BUNDLE_PUT,
 	Q_BUNDLE_LIST,
+	Q_BUNDLE_ENVELOPE,
 	Q_TELE_INSERT,
 	Q_GAPS_PUT,
 	Q_GAPS_GET,
@@ -149,6 +150,7 @@ static const char *const queries[Q_COUNT] = {
 			 " files, verified, pushed_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
 	[Q_BUNDLE_LIST] = "SELECT model, version, sequence, envelope_id, files, verified,"
 			  " pushed_at FROM bundles ORDER BY model, sequence LIMIT 10000",
+	[Q_BUNDLE_ENVELOPE] = "SELECT envelope FROM bundles WHERE model = ?1 AND version = ?2",
 	[Q_TELE_INSERT] = "INSERT INTO telemetry(device, stream, seq, kind, ts, body)"
 			  " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
 	[Q_GAPS_PUT] = "INSERT INTO gaps(device, stream, missing_ranges, missing_seqs, dropped,"
@@ -598,6 +600,26 @@ static int sq_bundle_put(struct ctl_store *s, const struct ctl_bundle_rec *b)
 	return r < 0 ? r : 1;
 }
 
+static int sq_bundle_envelope(struct ctl_store *s, const char *model, const char *version,
+			      char **ret)
+{
+	sqlite3_stmt *st = q(s, Q_BUNDLE_ENVELOPE);
+	bind_text(st, 1, model);
+	bind_text(st, 2, version);
+	int r = sqlite3_step(st);
+	int rc;
+	if (r == SQLITE_ROW) {
+		char *e = strdup(col_text(st, 0));
+		rc = e ? 0 : -ENOMEM;
+		if (e)
+			*ret = e;
+	} else {
+		rc = r == SQLITE_DONE ? -ENOENT : -FL_EDB;
+	}
+	sqlite3_reset(st);
+	return rc;
+}
+
 static int sq_bundle_list(struct ctl_store *s, cJSON **ret)
 {
 	sqlite3_stmt *st = q(s, Q_BUNDLE_LIST);
@@ -790,6 +812,7 @@ static const struct ctl_store_ops sq_ops = {
 	.device_get = sq_device_get,
 	.bundle_put = sq_bundle_put,
 	.bundle_list = sq_bundle_list,
+	.bundle_envelope = sq_bundle_envelope,
 	.tele_insert = sq_tele_insert,
 	.gaps_put = sq_gaps_put,
 	.gaps_get = sq_gaps_get,

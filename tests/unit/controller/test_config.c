@@ -82,10 +82,61 @@ static void test_config(void **state)
 	free(dir);
 }
 
+static void test_config_mqtt(void **state)
+{
+	(void)state;
+	dir = fl_test_mkdtemp("ctl-config-mqtt");
+	struct ctl_config cfg;
+	char err[256] = "";
+	assert_int_equal(load("[controller]\ndata_dir = /x\n", &cfg, err), 0);
+	assert_null(cfg.mqtt_uri); /* no [mqtt]: no session */
+	ctl_config_free(&cfg);
+	assert_int_equal(load("[controller]\ndata_dir = /x\n[mqtt]\n"
+			      "uri = ssl://broker:8883\nca = /p/ca.crt\ncert = /p/c.crt\n"
+			      "key = /p/c.key\n",
+			      &cfg, err),
+			 0);
+	assert_string_equal(cfg.mqtt_uri, "ssl://broker:8883");
+	assert_string_equal(cfg.mqtt_ca, "/p/ca.crt");
+	assert_string_equal(cfg.mqtt_cert, "/p/c.crt");
+	assert_string_equal(cfg.mqtt_key, "/p/c.key");
+	assert_null(cfg.mqtt_client_id); /* taken from the certificate */
+	assert_true(cfg.mqtt_verify_host);
+	ctl_config_free(&cfg);
+	assert_int_equal(load("[controller]\ndata_dir = /x\n[mqtt]\nuri = tcp://127.0.0.1:1883\n"
+			      "client_id = ctl-2\nverify_host = false\n",
+			      &cfg, err),
+			 0);
+	assert_string_equal(cfg.mqtt_client_id, "ctl-2");
+	assert_false(cfg.mqtt_verify_host);
+	ctl_config_free(&cfg);
+
+	static const char *const bad[] = {
+		"[controller]\ndata_dir = /x\n[mqtt]\nca = /ca\n",            /* no uri */
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = ssl://b:1\nca = /ca\n", /* no cert */
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = http://b:1\n",    /* scheme */
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = tcp://b:1\n",     /* plain needs an id */
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = tcp://b:1\nclient_id = a b\n",
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = tcp://b:1\nclient_id = c\n"
+		"verify_host = maybe\n",
+		"[controller]\ndata_dir = /x\n[mqtt]\nuri = tcp://b:1\nclient_id = c\nqos = 2\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = 0;
+		int r = load(bad[i], &cfg, err);
+		if (r != -FL_ECONFIG)
+			fail_msg("mqtt config %zu: got %s", i, fl_strerror(r));
+		assert_true(err[0] != 0);
+	}
+	fl_rm_rf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config),
+		cmocka_unit_test(test_config_mqtt),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,702 @@
+/* The agent's MQTT session (docs/protocol.md, docs/agent.md): one
+ * connection to the broker, driven from the service loop (daemon.c).
+ *
+ *   - last will: retained {"v":1,"device":ID,"online":false} on .../state
+ *   - on connect: subscribe to .../cmd and .../chunk/dat (QoS 1), publish
+ *     the retained state; again on every change, at most once a second
+ *   - cmd: deploy (verified with the device's own trust store before
+ *     anything else), revert, keyring, ping; the last 64 ids are remembered
+ *     in the journal so a redelivered command is dropped
+ *   - chunk/dat: handed to the running network install (fetch.c)
+ *   - install events: through the telemetry outbox to .../event (QoS 1,
+ *     acknowledged records deleted on PUBACK, rewound on reconnect)
+ * Anything else, malformed or oversized is counted and dropped. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "fetch.h"
+#include "session.h"
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/json.h>
+#include <flotilla/log.h>
+#include <flotilla/manifest.h>
+#include <flotilla/mqtt.h>
+#include <flotilla/tele_metrics.h>
+#include <flotilla/tele_outbox.h>
+#include <flotilla/util.h>
+
+#define AGENT_VERSION "0.1.0"
+#define STATE_MAX (64u * 1024u)
+#define CMD_MAX (512u * 1024u)
+#define FRAME_MAX (52u + 256u * 1024u)
+#define STATE_MIN_INTERVAL_MS 1000
+#define PROGRESS_INTERVAL_MS 1000
+
+struct agent_session {
+	struct agent *a;
+	struct fl_mqtt *m;
+	char t_state[160], t_cmd[160], t_dat[160], t_req[160], t_event[160];
+	char offline[256];
+	char arch[64];
+	uint64_t ram_mb;
+	cJSON *labels;
+	struct agent_fetch *fetch;
+	bool state_due;
+	int64_t last_state_ms;
+	uint64_t state_token; /* 0: none in flight */
+	struct tele_outbox *ob;
+	struct tele_batch *ev_batch;
+	uint64_t ev_token;
+	struct agent_session_stats st;
+	int64_t refuse_window_ms; /* rate limit of events for unverifiable deploys */
+	int refuse_count;
+};
+
+#define REFUSE_EVENTS_PER_MIN 20
+
+static const char *slot_status_name(enum slot_status s)
+{
+	return s == SLOT_READY ? "ready" : s == SLOT_STAGING ? "staging" : "empty";
+}
+
+/* ---------------------------------------------------------------- events */
+
+static const char *reason_code(int err)
+{
+	switch (err) {
+	case -FL_EBADSIG: return "bad_signature";
+	case -FL_ENOSIG: return "unsigned";
+	case -FL_EKEYUNKNOWN: return "unknown_key";
+	case -FL_EKEYREVOKED: return "key_revoked";
+	case -FL_EREPLAY: return "replay";
+	case -FL_EEXPIRED:
+	case -FL_EKEYEXPIRED:
+	case -FL_EKEYRINGEXPIRED: return "expired";
+	case -FL_ENOTDELEGATED: return "not_delegated";
+	case -FL_EINCOMPAT: return "incompatible";
+	case -FL_EACCEPT: return "acceptance";
+	case -FL_ENOSPACE: return "no_space";
+	case -FL_ESTATE:
+	case -FL_EBUSY: return "busy";
+	case -FL_EHASH: return "hash";
+	case 0: return NULL;
+	default: return "error";
+	}
+}
+
+static void on_event(void *ud, const char *model, const char *kind, const char *version, int err,
+		     const char *reason)
+{
+	struct agent_session *s = ud;
+	static const struct {
+		const char *name;
+		enum tele_event_kind kind;
+	} map[] = {
+		{"install.started", TELE_EV_INSTALL_STARTED},
+		{"install.staged", TELE_EV_INSTALL_STAGED},
+		{"install.rejected", TELE_EV_INSTALL_REJECTED},
+		{"install.switched", TELE_EV_SWITCHED},
+		{"install.trial_failed", TELE_EV_TRIAL_FAILED},
+		{"install.committed", TELE_EV_COMMITTED},
+		{"install.rolled_back", TELE_EV_ROLLED_BACK},
+	};
+	s->state_due = true;
+	if (!s->ob)
+		return;
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+		if (strcmp(map[i].name, kind))
+			continue;
+		const char *code = reason_code(err);
+		if (map[i].kind == TELE_EV_INSTALL_REJECTED && !code)
+			code = "error";
+		else if (map[i].kind == TELE_EV_TRIAL_FAILED)
+			code = "crash_loop";
+		else if (map[i].kind == TELE_EV_ROLLED_BACK)
+			code = "revert";
+		else if (!code)
+			code = "ok";
+		char text[TELE_TEXT_MAX];
+		snprintf(text, sizeof(text), "%s%s%s", reason ? reason : "",
+			 err && reason ? ": " : "", err ? fl_strerror(err) : "");
+		struct tele_event ev = {.kind = map[i].kind,
+					.model = model && fl_name_valid(model, 64) ? model : NULL,
+					.version = version && fl_name_valid(version, 64) ? version
+											 : NULL,
+					.reason = code,
+					.text = text[0] ? text : NULL};
+		cJSON *body = NULL;
+		int r = tele_record_event(&ev, fl_now_s(), &body);
+		if (r == 0)
+			r = tele_outbox_push_event(s->ob, body, NULL);
+		cJSON_Delete(body);
+		if (r < 0)
+			fl_warn("event %s not queued for the controller: %s", kind, fl_strerror(r));
+		return;
+	}
+}
+
+static void events_pump(struct agent_session *s)
+{
+	if (!s->ob || s->ev_token || !fl_mqtt_connected(s->m))
+		return;
+	if (!s->ev_batch &&
+	    tele_outbox_take(s->ob, TELE_STREAM_EVENTS, 256 * 1024, &s->ev_batch) <= 0)
+		return;
+	uint64_t tok;
+	int r = fl_mqtt_publish(s->m, s->t_event, s->ev_batch->data, s->ev_batch->len, 1, false,
+				&tok);
+	if (r == 0)
+		s->ev_token = tok;
+}
+
+/* ----------------------------------------------------------------- state */
+
+struct state_ctx {
+	struct agent_session *s;
+	cJSON *models;
+	int err;
+};
+
+static int state_model(void *ud, const struct model_rec *mr)
+{
+	struct state_ctx *c = ud;
+	struct agent *a = c->s->a;
+	if (!fl_name_valid(mr->name, 64))
+		return 0;
+	struct ota_slots *sl = NULL;
+	char cur = 0;
+	if (ota_slots_open(a->models_dir, mr->name, &sl) == 0) {
+		cur = ota_slots_current(sl);
+		ota_slots_free(sl);
+	}
+	cJSON *m = cJSON_AddObjectToObject(c->models, mr->name);
+	if (!m)
+		return -ENOMEM;
+	char cs[2] = {cur, 0};
+	if (cur)
+		cJSON_AddStringToObject(m, "current", cs);
+	else
+		cJSON_AddNullToObject(m, "current");
+	cJSON *slots = cJSON_AddObjectToObject(m, "slots");
+	for (char slot = 'a'; slot <= 'b'; slot++) {
+		struct slot_rec sr;
+		int r = journal_slot_get(a->journal, mr->name, slot, &sr);
+		if (r < 0)
+			return r;
+		free(sr.envelope);
+		char name[2] = {slot, 0};
+		cJSON *o = cJSON_AddObjectToObject(slots, name);
+		cJSON_AddStringToObject(o, "status", slot_status_name(sr.status));
+		if (sr.version[0])
+			cJSON_AddStringToObject(o, "version", sr.version);
+		cJSON_AddNumberToObject(o, "sequence", (double)sr.sequence);
+	}
+	struct install_rec ir;
+	int r = journal_install_last(a->journal, mr->name, &ir);
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		cJSON *o = cJSON_AddObjectToObject(m, "install");
+		cJSON_AddStringToObject(o, "version", ir.version);
+		cJSON_AddStringToObject(o, "state", inst_state_name(ir.state));
+		cJSON_AddStringToObject(o, "error", ir.error);
+		struct agent_fetch *f = c->s->fetch;
+		if (f && !strcmp(agent_fetch_model(f), mr->name) && ir.state == ST_FETCHING) {
+			struct agent_fetch_stats fs;
+			agent_fetch_stats(f, &fs);
+			cJSON_AddNumberToObject(o, "bytes_done", (double)fs.bytes_done);
+			cJSON_AddNumberToObject(o, "bytes_total", (double)fs.bytes_total);
+			cJSON_AddNumberToObject(o, "chunks_done", (double)fs.chunks_done);
+			cJSON_AddNumberToObject(o, "chunks_total", (double)fs.chunks_total);
+		}
+	}
+	return 0;
+}
+
+int agent_session_state_json(struct agent_session *s, char **ret, size_t *ret_len)
+{
+	cJSON *root = cJSON_CreateObject();
+	if (!root)
+		return -ENOMEM;
+	char ts[21];
+	fl_time_format(fl_now_s(), ts);
+	cJSON_AddNumberToObject(root, "v", 1);
+	cJSON_AddStringToObject(root, "device", s->a->cfg.device_id);
+	cJSON_AddBoolToObject(root, "online", true);
+	cJSON_AddStringToObject(root, "ts", ts);
+	cJSON_AddStringToObject(root, "agent", AGENT_VERSION);
+	cJSON *hw = cJSON_AddObjectToObject(root, "hw");
+	cJSON_AddStringToObject(hw, "arch", s->arch);
+	cJSON_AddNumberToObject(hw, "ram_mb", (double)s->ram_mb);
+	cJSON_AddArrayToObject(hw, "accelerators");
+	cJSON *be = cJSON_AddArrayToObject(hw, "backends");
+	for (size_t i = 0; agent_backends[i]; i++)
+		cJSON_AddItemToArray(be, cJSON_CreateString(agent_backends[i]));
+	cJSON_AddItemToObject(root, "labels",
+			      s->labels ? cJSON_Duplicate(s->labels, true) : cJSON_CreateObject());
+	struct state_ctx c = {.s = s, .models = cJSON_AddObjectToObject(root, "models")};
+	int r = c.models ? journal_models(s->a->journal, state_model, &c) : -ENOMEM;
+	char *txt = r == 0 ? cJSON_PrintUnformatted(root) : NULL;
+	cJSON_Delete(root);
+	if (r < 0)
+		return r;
+	if (!txt)
+		return -ENOMEM;
+	size_t n = strlen(txt);
+	if (n > STATE_MAX) {
+		free(txt);
+		return -FL_ETOOBIG;
+	}
+	*ret = txt;
+	*ret_len = n;
+	return 0;
+}
+
+static void state_pump(struct agent_session *s, int64_t now, int *next_ms)
+{
+	if (s->a->state_dirty) {
+		s->a->state_dirty = false;
+		s->state_due = true;
+	}
+	if (!s->state_due || !fl_mqtt_connected(s->m) || s->state_token)
+		return;
+	if (now - s->last_state_ms < STATE_MIN_INTERVAL_MS) {
+		int d = (int)(s->last_state_ms + STATE_MIN_INTERVAL_MS - now);
+		if (*next_ms < 0 || d < *next_ms)
+			*next_ms = d;
+		return;
+	}
+	_cleanup_free_ char *js = NULL;
+	size_t len;
+	int r = agent_session_state_json(s, &js, &len);
+	if (r < 0) {
+		fl_err("state: %s", fl_strerror(r));
+		s->state_due = false;
+		return;
+	}
+	uint64_t tok;
+	r = fl_mqtt_publish(s->m, s->t_state, js, len, 1, true, &tok);
+	if (r == 0) {
+		s->state_token = tok;
+		s->state_due = false;
+		s->last_state_ms = now;
+		s->st.states_published++;
+	}
+}
+
+/* -------------------------------------------------------------- commands */
+
+static void refuse(struct agent_session *s, const char *model, const char *version, int err,
+		   const char *why)
+{
+	s->st.cmds_refused++;
+	agent_event(s->a, model, "install.rejected", version, err, why);
+}
+
+static int fetch_send(void *ud, const void *req, size_t len)
+{
+	struct agent_session *s = ud;
+	int r = fl_mqtt_publish(s->m, s->t_req, req, len, 1, false, NULL);
+	if (r == 0)
+		s->st.chunk_reqs++;
+	return r;
+}
+
+static void cmd_deploy(struct agent_session *s, const char *env)
+{
+	struct agent *a = s->a;
+	size_t env_len = strlen(env);
+	struct ota_manifest *m = NULL;
+	/* The controller is not trusted to produce models: verify first. */
+	int r = agent_verify_envelope(a, env, env_len, &m);
+	if (r < 0) {
+		/* Anyone who can write our cmd topic could flood these: the event
+		 * (an fsynced outbox record) is rate limited, the count is not. */
+		int64_t now = fl_mono_ms();
+		if (now - s->refuse_window_ms > 60000) {
+			s->refuse_window_ms = now;
+			s->refuse_count = 0;
+		}
+		if (s->refuse_count++ < REFUSE_EVENTS_PER_MIN)
+			refuse(s, NULL, NULL, r, "deploy refused: manifest does not verify");
+		else
+			s->st.cmds_refused++;
+		return;
+	}
+	struct ota_slots *sl = NULL;
+	r = ota_slots_open(a->models_dir, m->name, &sl);
+	if (r < 0) {
+		refuse(s, m->name, m->version, r, "deploy refused: slots");
+		ota_manifest_free(m);
+		return;
+	}
+	char why[512] = "";
+	r = agent_preflight(a, m, sl, why, sizeof(why));
+	if (r < 0) {
+		char msg[600];
+		snprintf(msg, sizeof(msg), "deploy refused: %s", why);
+		refuse(s, m->name, m->version, r, msg);
+		goto out;
+	}
+	if (s->fetch && !strcmp(agent_fetch_model(s->fetch), m->name)) {
+		if (agent_fetch_same(s->fetch, m)) {
+			fl_info("deploy %s %s: already fetching", m->name, m->version);
+			goto out;
+		}
+		agent_fetch_cancel(s->fetch, "superseded by a newer deploy");
+		agent_fetch_free(s->fetch);
+		s->fetch = NULL;
+	} else if (s->fetch) {
+		refuse(s, m->name, m->version, -FL_EBUSY,
+		       "deploy refused: another model is being fetched");
+		goto out;
+	}
+	struct install_rec pend;
+	r = journal_install_pending(a->journal, m->name, &pend);
+	if (r != 0) {
+		refuse(s, m->name, m->version, r < 0 ? r : -FL_ESTATE,
+		       "deploy refused: another install of this model is in progress");
+		goto out;
+	}
+	char cur = ota_slots_current(sl);
+	if (cur) {
+		struct slot_rec sr;
+		if (journal_slot_get(a->journal, m->name, cur, &sr) == 0) {
+			free(sr.envelope);
+			if (sr.status == SLOT_READY && sr.sequence == m->sequence &&
+			    !strcmp(sr.version, m->version)) {
+				fl_info("deploy %s %s: already the current version", m->name,
+					m->version);
+				s->state_due = true;
+				goto out;
+			}
+		}
+	}
+	r = agent_fetch_begin(a, env, env_len, m, sl, &s->fetch);
+	if (r == 0) {
+		m = NULL;
+		sl = NULL;
+		s->st.deploys++;
+	} else {
+		fl_err("deploy %s: %s", m->name, fl_strerror(r));
+	}
+out:
+	ota_slots_free(sl);
+	ota_manifest_free(m);
+}
+
+static void on_cmd(struct agent_session *s, const char *payload, size_t len)
+{
+	struct agent *a = s->a;
+	cJSON *root = NULL;
+	int r = fl_json_parse(payload, len, CMD_MAX, 4, &root);
+	static const char *const keys[] = {"v", "id", "kind", "envelope", "model", NULL};
+	const char *id = NULL, *kind = NULL;
+	int64_t v = 0;
+	if (r == 0 && !cJSON_IsObject(root))
+		r = -FL_ESCHEMA;
+	if (r == 0)
+		r = fl_json_check_keys(root, keys, NULL);
+	if (r == 0)
+		r = fl_json_get_int(root, "v", 0, 1000, &v);
+	if (r == 0 && v != 1)
+		r = -FL_EUNSUPPORTED;
+	if (r == 0)
+		r = fl_json_get_str(root, "id", &id);
+	if (r == 0)
+		r = fl_json_get_str(root, "kind", &kind);
+	if (r == 0 && (!id[0] || strlen(id) > J_CMD_ID_MAX))
+		r = -FL_ESCHEMA;
+	if (r < 0) {
+		s->st.junk++;
+		fl_warn("cmd dropped: %s", fl_strerror(r));
+		cJSON_Delete(root);
+		return;
+	}
+	r = journal_cmd_seen(a->journal, id);
+	if (r != 0) {
+		if (r > 0)
+			s->st.cmd_duplicates++;
+		cJSON_Delete(root);
+		return;
+	}
+	s->st.cmds++;
+	const char *env = NULL, *model = NULL;
+	if (!strcmp(kind, "deploy")) {
+		if (fl_json_get_str(root, "envelope", &env) < 0)
+			refuse(s, NULL, NULL, -FL_ESCHEMA, "deploy without an envelope");
+		else
+			cmd_deploy(s, env);
+	} else if (!strcmp(kind, "revert")) {
+		if (fl_json_get_str(root, "model", &model) < 0 || !fl_name_valid(model, 64)) {
+			s->st.junk++;
+		} else if ((r = agent_revert(a, model, "revert requested by the controller")) < 0) {
+			s->st.cmds_refused++;
+			agent_event(a, model, "revert.refused", NULL, r, "revert refused");
+		}
+	} else if (!strcmp(kind, "keyring")) {
+		if (fl_json_get_str(root, "envelope", &env) < 0 || !a->trust) {
+			s->st.cmds_refused++;
+		} else if ((r = ota_trust_install_keyring(a->trust, env, strlen(env), fl_now_s())) <
+			   0) {
+			s->st.cmds_refused++;
+			agent_event(a, NULL, "keyring.refused", NULL, r, "keyring refused");
+		} else {
+			agent_event(a, NULL, "keyring.installed", NULL, 0,
+				    r == 1 ? "installed" : "same");
+		}
+	} else if (!strcmp(kind, "ping")) {
+		/* nothing else */
+	} else {
+		s->st.junk++;
+	}
+	s->state_due = true;
+	cJSON_Delete(root);
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+static int resume_cb(void *ud, const char *model)
+{
+	struct agent_session *s = ud;
+	struct install_rec rec;
+	int r = journal_install_pending(s->a->journal, model, &rec);
+	if (r <= 0 || rec.state != ST_FETCHING ||
+	    strncmp(rec.source, AGENT_NET_SOURCE, strlen(AGENT_NET_SOURCE)))
+		return 0;
+	if (s->fetch) {
+		struct ota_slots *sl = NULL;
+		if (ota_slots_open(s->a->models_dir, model, &sl) == 0)
+			agent_reject_staged(s->a, sl, &rec, -FL_ESTATE,
+					    "one network install at a time");
+		ota_slots_free(sl);
+		return 0;
+	}
+	agent_fetch_resume(s->a, &rec, &s->fetch);
+	return 0;
+}
+
+int agent_session_new(struct agent *a, struct agent_session **ret)
+{
+	const struct agent_config *c = &a->cfg;
+	if (!c->mqtt_uri[0] || !c->device_id[0])
+		return -EINVAL;
+	struct agent_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->a = a;
+	const char *id = c->device_id;
+	snprintf(s->t_state, sizeof(s->t_state), "flotilla/v1/dev/%s/state", id);
+	snprintf(s->t_cmd, sizeof(s->t_cmd), "flotilla/v1/dev/%s/cmd", id);
+	snprintf(s->t_dat, sizeof(s->t_dat), "flotilla/v1/dev/%s/chunk/dat", id);
+	snprintf(s->t_req, sizeof(s->t_req), "flotilla/v1/dev/%s/chunk/req", id);
+	snprintf(s->t_event, sizeof(s->t_event), "flotilla/v1/dev/%s/event", id);
+	int n = snprintf(s->offline, sizeof(s->offline),
+			 "{\"v\":1,\"device\":\"%s\",\"online\":false}", id);
+	struct ota_device_info dev;
+	if (ota_device_info_probe(&dev, s->arch, sizeof(s->arch)) == 0)
+		s->ram_mb = dev.ram_mb;
+	int r = 0;
+	if (c->labels[0])
+		r = agent_labels_parse(c->labels, &s->labels);
+	char db[1200];
+	snprintf(db, sizeof(db), "%s/state.db", c->state_dir);
+	struct tele_outbox_opts oo = {.device_id = id};
+	if (r == 0 && tele_outbox_open(db, &oo, &s->ob) < 0) {
+		fl_warn("telemetry outbox unavailable: events stay in the journal only");
+		s->ob = NULL;
+	}
+	struct fl_mqtt_opts o;
+	fl_mqtt_opts_init(&o);
+	o.uri = c->mqtt_uri;
+	o.client_id = id;
+	o.ca_file = c->mqtt_ca[0] ? c->mqtt_ca : NULL;
+	o.cert_file = c->mqtt_cert[0] ? c->mqtt_cert : NULL;
+	o.key_file = c->mqtt_key[0] ? c->mqtt_key : NULL;
+	o.verify_host = c->mqtt_verify_host;
+	o.keepalive_s = c->mqtt_keepalive_s;
+	o.will_topic = s->t_state;
+	o.will_payload = s->offline;
+	o.will_len = (size_t)n;
+	o.will_qos = 1;
+	o.will_retain = true;
+	o.max_msg_bytes = CMD_MAX + 1024;
+	/* chunk/req (QoS 1, up to 8 in flight) + state + one event batch. */
+	o.max_inflight = 2 * AGENT_FETCH_WINDOW;
+	if (r == 0)
+		r = fl_mqtt_new(&o, &s->m);
+	if (r == 0)
+		r = fl_mqtt_subscribe(s->m, s->t_cmd, 1);
+	if (r == 0)
+		r = fl_mqtt_subscribe(s->m, s->t_dat, 1);
+	if (r < 0) {
+		agent_session_free(s);
+		return r;
+	}
+	a->on_event = on_event;
+	a->on_event_ud = s;
+	journal_pending_models(a->journal, resume_cb, s);
+	fl_mqtt_start(s->m);
+	fl_info("mqtt: %s as %s", c->mqtt_uri, id);
+	*ret = s;
+	return 0;
+}
+
+int agent_session_fd(const struct agent_session *s)
+{
+	return fl_mqtt_fd(s->m);
+}
+
+static void handle_event(struct agent_session *s, struct fl_mqtt_event *ev, int64_t now)
+{
+	switch (ev->type) {
+	case FL_MQTT_EV_CONNECTED:
+		fl_info("mqtt: connected (session %s)", ev->session_present ? "resumed" : "new");
+		s->st.connects++;
+		s->state_due = true;
+		s->last_state_ms = 0;
+		if (s->ob) {
+			tele_outbox_rewind(s->ob);
+			tele_batch_free(s->ev_batch);
+			s->ev_batch = NULL;
+		}
+		if (s->fetch)
+			agent_fetch_reconnected(s->fetch);
+		break;
+	case FL_MQTT_EV_DISCONNECTED:
+		fl_warn("mqtt: disconnected: %s (retry in %lld ms)", ev->text,
+			(long long)ev->retry_ms);
+		break;
+	case FL_MQTT_EV_MESSAGE:
+		if (!strcmp(ev->topic, s->t_cmd)) {
+			on_cmd(s, (const char *)ev->payload, ev->len);
+		} else if (!strcmp(ev->topic, s->t_dat)) {
+			s->st.frames++;
+			if (!s->fetch || ev->len > FRAME_MAX ||
+			    agent_fetch_on_frame(s->fetch, ev->payload, ev->len, now) == -FL_EPROTO)
+				s->st.junk++;
+		} else {
+			s->st.junk++;
+		}
+		break;
+	case FL_MQTT_EV_PUBLISHED:
+	case FL_MQTT_EV_PUBLISH_FAILED: {
+		bool ok = ev->type == FL_MQTT_EV_PUBLISHED;
+		if (ev->token && ev->token == s->state_token) {
+			s->state_token = 0;
+			if (!ok)
+				s->state_due = true;
+		} else if (ev->token && ev->token == s->ev_token) {
+			s->ev_token = 0;
+			if (ok && s->ev_batch)
+				tele_outbox_ack(s->ob, s->ev_batch->seqs, s->ev_batch->n_seqs);
+			if (ok) {
+				tele_batch_free(s->ev_batch);
+				s->ev_batch = NULL;
+			}
+		}
+		break;
+	}
+	default: break;
+	}
+}
+
+int agent_session_run(struct agent_session *s, int *ret_timeout_ms)
+{
+	int next = -1;
+	struct fl_mqtt_event ev = {0};
+	/* Bounded per call so the service loop stays responsive. */
+	for (int i = 0; i < 256 && fl_mqtt_next_event(s->m, &ev) == 1; i++) {
+		handle_event(s, &ev, fl_mono_ms());
+		fl_mqtt_event_clear(&ev);
+		if (s->fetch && agent_fetch_result(s->fetch) != 1)
+			break;
+	}
+	int64_t now = fl_mono_ms();
+	if (s->fetch && fl_mqtt_connected(s->m)) {
+		int fnext = -1;
+		if (agent_fetch_step(s->fetch, now, fetch_send, s, &fnext) == 1 ||
+		    agent_fetch_result(s->fetch) != 1) {
+			struct agent_fetch_stats fs;
+			agent_fetch_stats(s->fetch, &fs);
+			s->st.bytes_fetched += fs.bytes_fetched;
+			s->st.installs_done++;
+			agent_fetch_free(s->fetch);
+			s->fetch = NULL;
+			s->state_due = true;
+		} else {
+			next = fnext;
+			/* Progress in state about once a second. */
+			if (now - s->last_state_ms >= PROGRESS_INTERVAL_MS)
+				s->state_due = true;
+			if (next < 0 || next > PROGRESS_INTERVAL_MS)
+				next = PROGRESS_INTERVAL_MS;
+		}
+	}
+	state_pump(s, fl_mono_ms(), &next);
+	events_pump(s);
+	int tnext = -1;
+	fl_mqtt_tick(s->m, fl_mono_ms(), &tnext);
+	if (tnext >= 0 && (next < 0 || tnext < next))
+		next = tnext;
+	*ret_timeout_ms = next;
+	return 0;
+}
+
+void agent_session_stats(const struct agent_session *s, struct agent_session_stats *ret)
+{
+	*ret = s->st;
+	if (s->fetch) {
+		struct agent_fetch_stats fs;
+		agent_fetch_stats(s->fetch, &fs);
+		ret->bytes_fetched += fs.bytes_fetched;
+	}
+}
+
+/* A clean stop marks the device offline: a normal DISCONNECT discards the
+ * will, so publish the offline state ourselves (retained, QoS 1) and wait up
+ * to 1 s for its PUBACK. */
+static void publish_offline(struct agent_session *s)
+{
+	uint64_t tok;
+	if (!fl_mqtt_connected(s->m) ||
+	    fl_mqtt_publish(s->m, s->t_state, s->offline, strlen(s->offline), 1, true, &tok) < 0)
+		return;
+	int64_t end = fl_mono_ms() + 1000;
+	bool done = false;
+	while (!done && fl_mono_ms() < end) {
+		struct pollfd p = {.fd = fl_mqtt_fd(s->m), .events = POLLIN};
+		poll(&p, 1, 50);
+		struct fl_mqtt_event ev = {0};
+		while (fl_mqtt_next_event(s->m, &ev) == 1) {
+			if ((ev.type == FL_MQTT_EV_PUBLISHED || ev.type == FL_MQTT_EV_PUBLISH_FAILED) &&
+			    ev.token == tok)
+				done = true;
+			fl_mqtt_event_clear(&ev);
+		}
+	}
+}
+
+void agent_session_free(struct agent_session *s)
+{
+	if (!s)
+		return;
+	if (s->m)
+		publish_offline(s);
+	if (s->a->on_event_ud == s) {
+		s->a->on_event = NULL;
+		s->a->on_event_ud = NULL;
+	}
+	agent_fetch_free(s->fetch);
+	fl_mqtt_free(s->m);
+	tele_batch_free(s->ev_batch);
+	tele_outbox_close(s->ob);
+	cJSON_Delete(s->labels);
+	free(s);
+}

@@ -1,0 +1,980 @@
+/* OpenAI-compatible local HTTP API over libmicrohttpd (serve.h). This file
+ * is the only one touching libmicrohttpd. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "flotilla/error.h"
+#include "flotilla/json.h"
+#include "flotilla/serve.h"
+
+#define MAX_MODELS_LISTED 32
+#define STATUS_JSON_BYTES 8192
+#define JSON_MAX_DEPTH 8
+
+struct rt_serve {
+	struct rt_serve_config cfg;
+	char *token, *unix_path;
+	struct MHD_Daemon *tcp, *unx;
+	uint16_t port;
+	atomic_uint_fast64_t next_id;
+};
+
+/* per connection */
+struct conn {
+	char *body;
+	size_t len, cap;
+	bool too_big;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static const char *finish_reason(enum rt_stop_reason r)
+{
+	return (r == RT_STOP_MAX_TOKENS || r == RT_STOP_CONTEXT) ? "length" : "stop";
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, const char *type,
+				 char *text)
+{
+	struct MHD_Response *res = MHD_create_response_from_buffer(strlen(text), text,
+								    MHD_RESPMEM_MUST_FREE);
+	if (!res) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(res, "Content-Type", type);
+	enum MHD_Result r = MHD_queue_response(c, status, res);
+	MHD_destroy_response(res);
+	return r;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSON *j)
+{
+	char *s = j ? fl_json_print(j) : NULL;
+	cJSON_Delete(j);
+	if (!s)
+		return MHD_NO;
+	return send_text(c, status, "application/json", s);
+}
+
+static cJSON *error_json(const char *msg, const char *type, const char *param, const char *code)
+{
+	cJSON *root = cJSON_CreateObject(), *e = cJSON_CreateObject();
+	if (!root || !e) {
+		cJSON_Delete(root);
+		cJSON_Delete(e);
+		return NULL;
+	}
+	cJSON_AddItemToObject(root, "error", e);
+	cJSON_AddStringToObject(e, "message", msg);
+	cJSON_AddStringToObject(e, "type", type);
+	if (param)
+		cJSON_AddStringToObject(e, "param", param);
+	else
+		cJSON_AddNullToObject(e, "param");
+	if (code)
+		cJSON_AddStringToObject(e, "code", code);
+	else
+		cJSON_AddNullToObject(e, "code");
+	return root;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg,
+				  const char *param, const char *code)
+{
+	const char *type = status >= 500 ? "server_error"
+			   : status == 401 ? "authentication_error"
+					   : "invalid_request_error";
+	return send_json(c, status, error_json(msg, type, param, code));
+}
+
+/* HTTP status and OpenAI code of a generate / acquire error. */
+static unsigned err_status(int err, const char **ret_code)
+{
+	switch (err) {
+	case -FL_EBUSY: *ret_code = "overloaded"; return 503;
+	case -FL_ESTATE: *ret_code = "model_not_ready"; return 503;
+	case -ENOENT: *ret_code = "model_not_found"; return 404;
+	case -FL_ETOOBIG: *ret_code = "context_length_exceeded"; return 400;
+	case -EINVAL:
+	case -FL_ERANGE: *ret_code = "invalid_value"; return 400;
+	case -FL_EUNSUPPORTED: *ret_code = "unsupported"; return 400;
+	case -FL_ECRASH: *ret_code = "runner_crashed"; return 500;
+	case -FL_ETIMEOUT: *ret_code = "timeout"; return 504;
+	default: *ret_code = "internal_error"; return 500;
+	}
+}
+
+static enum MHD_Result send_gen_error(struct MHD_Connection *c, int err)
+{
+	const char *code;
+	unsigned st = err_status(err, &code);
+	return send_error(c, st, fl_strerror(err), NULL, code);
+}
+
+/* Valid UTF-8 of IN[0..LEN): invalid bytes become U+FFFD. With HOLD, an
+ * incomplete but so far valid sequence at the end is not consumed. Appends
+ * to OUT (capacity >= 3 * LEN + 1); returns bytes consumed. */
+static size_t utf8_clean(const uint8_t *in, size_t len, bool hold, char *out, size_t *out_len)
+{
+	size_t i = 0, o = *out_len;
+	while (i < len) {
+		uint8_t b = in[i];
+		size_t n = b < 0x80 ? 1 : (b & 0xe0) == 0xc0 ? 2 : (b & 0xf0) == 0xe0 ? 3
+				  : (b & 0xf8) == 0xf0 ? 4 : 0;
+		if (n == 1) {
+			out[o++] = (char)b;
+			i++;
+			continue;
+		}
+		bool ok = n != 0 && !(n == 2 && b < 0xc2) && !(n == 4 && b > 0xf4);
+		size_t k = 1;
+		for (; ok && k < n && i + k < len; k++) {
+			uint8_t cb = in[i + k];
+			if ((cb & 0xc0) != 0x80)
+				ok = false;
+			/* overlong / surrogate / > U+10FFFF */
+			if (k == 1 && ((b == 0xe0 && cb < 0xa0) || (b == 0xed && cb > 0x9f) ||
+				       (b == 0xf0 && cb < 0x90) || (b == 0xf4 && cb > 0x8f)))
+				ok = false;
+		}
+		if (ok && i + n > len) { /* incomplete at the end */
+			if (hold)
+				break;
+			ok = false;
+		}
+		if (!ok) {
+			memcpy(out + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			i++;
+			continue;
+		}
+		memcpy(out + o, in + i, n);
+		o += n;
+		i += n;
+	}
+	out[o] = '\0';
+	*out_len = o;
+	return i;
+}
+
+static char *clean_text(const char *text, size_t len)
+{
+	char *out = malloc(3 * len + 1);
+	if (!out)
+		return NULL;
+	size_t o = 0;
+	utf8_clean((const uint8_t *)text, len, false, out, &o);
+	return out;
+}
+
+/* ------------------------------------------------------- request parse */
+
+struct parsed {
+	cJSON *root;
+	bool chat, stream;
+	const char *model;
+	struct rt_gen_request req;
+	struct rt_chat_msg *msgs;
+	const char *stops[RT_BACKEND_MAX_STOP];
+	const char *err_msg, *err_param;
+};
+
+static void parsed_free(struct parsed *p)
+{
+	free(p->msgs);
+	cJSON_Delete(p->root);
+}
+
+/* 0, or -1 with p->err_msg / err_param set (400). */
+static int parse_request(const struct rt_serve *s, const char *body, size_t len, bool chat,
+			 struct parsed *p)
+{
+	const struct rt_serve_config *c = &s->cfg;
+	p->chat = chat;
+	rt_gen_request_default(&p->req);
+	rt_sampling_default(&p->req.sampling);
+	p->req.sampling.seed = 0;
+	if (fl_json_parse(body, len, c->max_body_bytes, JSON_MAX_DEPTH, &p->root) < 0 ||
+	    !cJSON_IsObject(p->root)) {
+		p->err_msg = "request body is not a JSON object";
+		return -1;
+	}
+	cJSON *root = p->root;
+	if (fl_json_get_str_opt(root, "model", "", &p->model) < 0) {
+		p->err_msg = "model must be a string";
+		p->err_param = "model";
+		return -1;
+	}
+	if (fl_json_get_bool_opt(root, "stream", false, &p->stream) < 0) {
+		p->err_msg = "stream must be a boolean";
+		p->err_param = "stream";
+		return -1;
+	}
+	size_t total = 0;
+	if (chat) {
+		const cJSON *arr;
+		if (fl_json_get_arr(root, "messages", &arr) < 0 || cJSON_GetArraySize(arr) < 1) {
+			p->err_msg = "messages must be a non-empty array";
+			p->err_param = "messages";
+			return -1;
+		}
+		int n = cJSON_GetArraySize(arr);
+		if (n > RT_BACKEND_MAX_MESSAGES) {
+			p->err_msg = "too many messages";
+			p->err_param = "messages";
+			return -1;
+		}
+		p->msgs = calloc((size_t)n, sizeof(*p->msgs));
+		if (!p->msgs) {
+			p->err_msg = "out of memory";
+			return -1;
+		}
+		int i = 0;
+		const cJSON *m;
+		cJSON_ArrayForEach(m, arr)
+		{
+			if (!cJSON_IsObject(m) || fl_json_get_str(m, "role", &p->msgs[i].role) < 0 ||
+			    fl_json_get_str(m, "content", &p->msgs[i].content) < 0) {
+				p->err_msg = "each message needs string role and content";
+				p->err_param = "messages";
+				return -1;
+			}
+			const char *r = p->msgs[i].role;
+			if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant")) {
+				p->err_msg = "role must be system, user or assistant";
+				p->err_param = "messages";
+				return -1;
+			}
+			total += strlen(p->msgs[i].content);
+			i++;
+		}
+		p->req.messages = p->msgs;
+		p->req.n_messages = (size_t)n;
+	} else {
+		if (fl_json_get_str(root, "prompt", &p->req.prompt) < 0) {
+			p->err_msg = "prompt must be a string";
+			p->err_param = "prompt";
+			return -1;
+		}
+		total = strlen(p->req.prompt);
+	}
+	if (total > c->max_prompt_bytes) {
+		p->err_msg = "prompt longer than this server accepts";
+		p->err_param = chat ? "messages" : "prompt";
+		return -1;
+	}
+	int64_t v;
+	const char *key = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")
+				  ? "max_completion_tokens" : "max_tokens";
+	if (fl_json_get_int_opt(root, key, 1, c->max_tokens_limit, c->default_max_tokens, &v) < 0) {
+		p->err_msg = "max_tokens must be an integer between 1 and the server's limit";
+		p->err_param = key;
+		return -1;
+	}
+	p->req.max_tokens = (int)v;
+	if (fl_json_get_int_opt(root, "n", 1, 1, 1, &v) < 0) {
+		p->err_msg = "only n = 1 is supported";
+		p->err_param = "n";
+		return -1;
+	}
+	double d;
+	struct { const char *key; double lo, hi; float *dst; } fl[] = {
+		{"temperature", 0, 2, &p->req.sampling.temperature},
+		{"top_p", 0, 1, &p->req.sampling.top_p},
+		{"min_p", 0, 1, &p->req.sampling.min_p},
+		{"repeat_penalty", 0.01, 10, &p->req.sampling.repeat_penalty},
+	};
+	for (size_t i = 0; i < sizeof(fl) / sizeof(fl[0]); i++) {
+		if (fl_json_get_double_opt(root, fl[i].key, fl[i].lo, fl[i].hi, *fl[i].dst, &d) < 0) {
+			p->err_msg = "number out of range";
+			p->err_param = fl[i].key;
+			return -1;
+		}
+		*fl[i].dst = (float)d;
+	}
+	if (p->req.sampling.top_p <= 0) {
+		p->err_msg = "top_p must be in (0, 1]";
+		p->err_param = "top_p";
+		return -1;
+	}
+	if (fl_json_get_int_opt(root, "top_k", 0, 100000, p->req.sampling.top_k, &v) < 0) {
+		p->err_msg = "top_k out of range";
+		p->err_param = "top_k";
+		return -1;
+	}
+	p->req.sampling.top_k = (int)v;
+	if (fl_json_get_int_opt(root, "seed", 0, (int64_t)1 << 52, 0, &v) < 0) {
+		p->err_msg = "seed out of range";
+		p->err_param = "seed";
+		return -1;
+	}
+	p->req.sampling.seed = (uint64_t)v;
+	const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+	if (stop && !cJSON_IsNull(stop)) {
+		size_t n = 0;
+		if (cJSON_IsString(stop)) {
+			p->stops[n++] = stop->valuestring;
+		} else if (cJSON_IsArray(stop) && cJSON_GetArraySize(stop) <= RT_BACKEND_MAX_STOP) {
+			const cJSON *it;
+			cJSON_ArrayForEach(it, stop)
+			{
+				if (!cJSON_IsString(it)) {
+					n = SIZE_MAX;
+					break;
+				}
+				p->stops[n++] = it->valuestring;
+			}
+		} else {
+			n = SIZE_MAX;
+		}
+		for (size_t i = 0; n != SIZE_MAX && i < n; i++)
+			if (!p->stops[i][0] || strlen(p->stops[i]) > RT_BACKEND_MAX_STOP_BYTES)
+				n = SIZE_MAX;
+		if (n == SIZE_MAX) {
+			p->err_msg = "stop must be a string or an array of up to 16 non-empty strings";
+			p->err_param = "stop";
+			return -1;
+		}
+		p->req.stop = p->stops;
+		p->req.n_stop = n;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------- output */
+
+static cJSON *base_obj(const char *id, const char *object, const char *model)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "id", id);
+	cJSON_AddStringToObject(o, "object", object);
+	cJSON_AddNumberToObject(o, "created", (double)time(NULL));
+	cJSON_AddStringToObject(o, "model", model);
+	return o;
+}
+
+static void add_usage(cJSON *o, const struct rt_gen_result *res)
+{
+	cJSON *u = cJSON_AddObjectToObject(o, "usage");
+	if (!u)
+		return;
+	cJSON_AddNumberToObject(u, "prompt_tokens", res->n_prompt);
+	cJSON_AddNumberToObject(u, "completion_tokens", res->n_gen);
+	cJSON_AddNumberToObject(u, "total_tokens", res->n_prompt + res->n_gen);
+}
+
+/* A choice object: text / message / delta. TEXT NULL: no content. FINISH NULL: null. */
+static cJSON *choice(bool chat, bool chunk, const char *text, bool role, const char *finish)
+{
+	cJSON *ch = cJSON_CreateObject();
+	if (!ch)
+		return NULL;
+	cJSON_AddNumberToObject(ch, "index", 0);
+	if (chat) {
+		cJSON *m = cJSON_AddObjectToObject(ch, chunk ? "delta" : "message");
+		if (m && role)
+			cJSON_AddStringToObject(m, "role", "assistant");
+		if (m && text)
+			cJSON_AddStringToObject(m, "content", text);
+	} else {
+		cJSON_AddStringToObject(ch, "text", text ? text : "");
+		cJSON_AddNullToObject(ch, "logprobs");
+	}
+	if (finish)
+		cJSON_AddStringToObject(ch, "finish_reason", finish);
+	else
+		cJSON_AddNullToObject(ch, "finish_reason");
+	return ch;
+}
+
+static char *chunk_event(bool chat, const char *id, const char *model, const char *text, bool role,
+			 const char *finish)
+{
+	cJSON *o = base_obj(id, chat ? "chat.completion.chunk" : "text_completion", model);
+	cJSON *arr = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
+	cJSON *ch = arr ? choice(chat, true, text, role, finish) : NULL;
+	if (!ch) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	cJSON_AddItemToArray(arr, ch);
+	char *js = fl_json_print(o);
+	cJSON_Delete(o);
+	if (!js)
+		return NULL;
+	size_t n = strlen(js) + 9;
+	char *ev = malloc(n);
+	if (ev)
+		snprintf(ev, n, "data: %s\n\n", js);
+	free(js);
+	return ev;
+}
+
+/* ------------------------------------------------------------ streaming */
+
+struct stream {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int refs;              /* worker thread + response */
+	char *out;             /* SSE bytes not yet sent */
+	size_t out_len, out_cap;
+	uint8_t pend[8];       /* incomplete UTF-8 held back */
+	size_t pend_len;
+	bool started, done, gone, role_sent;
+	int err;
+	/* immutable while the worker runs */
+	struct rt_serve *srv;
+	struct parsed p;
+	struct rt_runner *runner;
+	char id[48], model[RT_SERVE_MODEL_ID_BYTES];
+};
+
+static void stream_unref(struct stream *st)
+{
+	pthread_mutex_lock(&st->lock);
+	bool last = --st->refs == 0;
+	pthread_mutex_unlock(&st->lock);
+	if (!last)
+		return;
+	parsed_free(&st->p);
+	free(st->out);
+	pthread_mutex_destroy(&st->lock);
+	pthread_cond_destroy(&st->cond);
+	free(st);
+}
+
+/* With LOCK held. */
+static int out_add(struct stream *st, const char *ev)
+{
+	if (!ev)
+		return -ENOMEM;
+	size_t n = strlen(ev);
+	if (st->out_len + n > st->out_cap) {
+		size_t nc = st->out_cap ? st->out_cap * 2 : 4096;
+		while (nc < st->out_len + n)
+			nc *= 2;
+		char *nb = realloc(st->out, nc);
+		if (!nb)
+			return -ENOMEM;
+		st->out = nb;
+		st->out_cap = nc;
+	}
+	memcpy(st->out + st->out_len, ev, n);
+	st->out_len += n;
+	return 0;
+}
+
+/* With LOCK held: a delta event for TEXT (plus held-back bytes); FLUSH: no hold. */
+static int out_delta(struct stream *st, const char *text, size_t len, bool flush)
+{
+	uint8_t *in = malloc(st->pend_len + len + 1);
+	char *clean = malloc(3 * (st->pend_len + len) + 1);
+	int err = 0;
+	if (!in || !clean) {
+		err = -ENOMEM;
+		goto out;
+	}
+	memcpy(in, st->pend, st->pend_len);
+	memcpy(in + st->pend_len, text, len);
+	size_t n = st->pend_len + len, o = 0;
+	size_t used = utf8_clean(in, n, !flush, clean, &o);
+	st->pend_len = n - used; /* < 4 */
+	memcpy(st->pend, in + used, st->pend_len);
+	if (o == 0 && !(st->p.chat && !st->role_sent))
+		goto out;
+	char *ev = chunk_event(st->p.chat, st->id, st->model, clean, !st->role_sent, NULL);
+	st->role_sent = true;
+	err = out_add(st, ev);
+	free(ev);
+out:
+	free(in);
+	free(clean);
+	return err;
+}
+
+static int stream_on_text(void *ud, const char *text, size_t len)
+{
+	struct stream *st = ud;
+	pthread_mutex_lock(&st->lock);
+	int stop = st->gone;
+	if (!stop && out_delta(st, text, len, false) < 0)
+		stop = 1;
+	st->started = true;
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+	return stop;
+}
+
+static void *stream_worker(void *arg)
+{
+	struct stream *st = arg;
+	struct rt_gen_result res;
+	st->p.req.on_text = stream_on_text;
+	st->p.req.userdata = st;
+	int err = rt_runner_generate(st->runner, &st->p.req, &res);
+	st->srv->cfg.ops.release(st->srv->cfg.userdata, st->runner);
+	pthread_mutex_lock(&st->lock);
+	st->err = err;
+	if (err == 0) {
+		if (st->pend_len || (st->p.chat && !st->role_sent))
+			out_delta(st, "", 0, true);
+		char *ev = chunk_event(st->p.chat, st->id, st->model, st->p.chat ? NULL : "", false,
+				       finish_reason(res.stop_reason));
+		out_add(st, ev);
+		free(ev);
+		rt_gen_result_free(&res);
+	} else if (st->started) {
+		const char *code;
+		err_status(err, &code);
+		cJSON *e = error_json(fl_strerror(err), "server_error", NULL, code);
+		char *js = e ? fl_json_print(e) : NULL;
+		cJSON_Delete(e);
+		if (js) {
+			size_t n = strlen(js) + 9;
+			char *ev = malloc(n);
+			if (ev) {
+				snprintf(ev, n, "data: %s\n\n", js);
+				out_add(st, ev);
+			}
+			free(ev);
+			free(js);
+		}
+	}
+	if (err == 0 || st->started)
+		out_add(st, "data: [DONE]\n\n");
+	st->done = true;
+	pthread_cond_broadcast(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+	stream_unref(st);
+	return NULL;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	(void)pos;
+	struct stream *st = cls;
+	pthread_mutex_lock(&st->lock);
+	while (st->out_len == 0 && !st->done)
+		pthread_cond_wait(&st->cond, &st->lock);
+	ssize_t ret;
+	if (st->out_len) {
+		size_t n = st->out_len < max ? st->out_len : max;
+		memcpy(buf, st->out, n);
+		memmove(st->out, st->out + n, st->out_len - n);
+		st->out_len -= n;
+		ret = (ssize_t)n;
+	} else {
+		ret = MHD_CONTENT_READER_END_OF_STREAM;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}
+
+static void stream_free_cb(void *cls)
+{
+	struct stream *st = cls;
+	pthread_mutex_lock(&st->lock);
+	st->gone = true; /* a client that left cancels the generation */
+	pthread_mutex_unlock(&st->lock);
+	stream_unref(st);
+}
+
+static enum MHD_Result start_stream(struct rt_serve *s, struct MHD_Connection *c, struct parsed *p,
+				    struct rt_runner *runner, const char *model)
+{
+	struct stream *st = calloc(1, sizeof(*st));
+	if (!st) {
+		s->cfg.ops.release(s->cfg.userdata, runner);
+		parsed_free(p);
+		return send_error(c, 500, "out of memory", NULL, "internal_error");
+	}
+	pthread_mutex_init(&st->lock, NULL);
+	pthread_cond_init(&st->cond, NULL);
+	st->refs = 2;
+	st->srv = s;
+	st->p = *p;
+	if (p->req.stop == p->stops)
+		st->p.req.stop = st->p.stops;
+	st->runner = runner;
+	snprintf(st->id, sizeof(st->id), "%s-%llu", p->chat ? "chatcmpl" : "cmpl",
+		 (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+	snprintf(st->model, sizeof(st->model), "%s", model);
+	pthread_t th;
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	int e = pthread_create(&th, &at, stream_worker, st);
+	pthread_attr_destroy(&at);
+	if (e) {
+		s->cfg.ops.release(s->cfg.userdata, runner);
+		st->refs = 1;
+		stream_unref(st);
+		return send_error(c, 500, "cannot start a thread", NULL, "internal_error");
+	}
+	/* headers only once the request is running: a full queue is a plain 503 */
+	pthread_mutex_lock(&st->lock);
+	while (!st->started && !st->done)
+		pthread_cond_wait(&st->cond, &st->lock);
+	int err = st->started ? 0 : st->err;
+	pthread_mutex_unlock(&st->lock);
+	if (err < 0) {
+		stream_unref(st);
+		return send_gen_error(c, err);
+	}
+	struct MHD_Response *res =
+		MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, st, stream_free_cb);
+	if (!res) {
+		stream_free_cb(st);
+		return MHD_NO;
+	}
+	MHD_add_response_header(res, "Content-Type", "text/event-stream");
+	MHD_add_response_header(res, "Cache-Control", "no-cache");
+	enum MHD_Result r = MHD_queue_response(c, 200, res);
+	MHD_destroy_response(res);
+	return r;
+}
+
+/* ------------------------------------------------------------ handlers */
+
+static enum MHD_Result handle_generate(struct rt_serve *s, struct MHD_Connection *c,
+				       struct conn *cn, bool chat)
+{
+	struct parsed p = {0};
+	if (parse_request(s, cn->body ? cn->body : "", cn->len, chat, &p) < 0) {
+		enum MHD_Result r = send_error(c, 400, p.err_msg, p.err_param, "invalid_request");
+		parsed_free(&p);
+		return r;
+	}
+	struct rt_runner *runner = NULL;
+	char model[RT_SERVE_MODEL_ID_BYTES] = "";
+	int err = s->cfg.ops.acquire(s->cfg.userdata, p.model, &runner, model);
+	if (err < 0) {
+		parsed_free(&p);
+		return send_gen_error(c, err);
+	}
+	if (p.stream)
+		return start_stream(s, c, &p, runner, model);
+	struct rt_gen_result res;
+	err = rt_runner_generate(runner, &p.req, &res);
+	s->cfg.ops.release(s->cfg.userdata, runner);
+	if (err < 0) {
+		parsed_free(&p);
+		return send_gen_error(c, err);
+	}
+	char id[48];
+	snprintf(id, sizeof(id), "%s-%llu", chat ? "chatcmpl" : "cmpl",
+		 (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+	char *text = clean_text(res.text, res.text_len);
+	cJSON *o = base_obj(id, chat ? "chat.completion" : "text_completion", model);
+	cJSON *arr = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
+	cJSON *ch = arr && text ? choice(chat, false, text, true, finish_reason(res.stop_reason)) : NULL;
+	if (ch) {
+		cJSON_AddItemToArray(arr, ch);
+		add_usage(o, &res);
+	}
+	free(text);
+	rt_gen_result_free(&res);
+	parsed_free(&p);
+	if (!ch) {
+		cJSON_Delete(o);
+		return send_error(c, 500, "out of memory", NULL, "internal_error");
+	}
+	return send_json(c, 200, o);
+}
+
+static enum MHD_Result handle_models(struct rt_serve *s, struct MHD_Connection *c)
+{
+	char ids[MAX_MODELS_LISTED][RT_SERVE_MODEL_ID_BYTES];
+	int n = s->cfg.ops.list_models(s->cfg.userdata, ids, MAX_MODELS_LISTED);
+	cJSON *o = cJSON_CreateObject();
+	cJSON *arr = o ? cJSON_AddArrayToObject(o, "data") : NULL;
+	if (!arr) {
+		cJSON_Delete(o);
+		return MHD_NO;
+	}
+	cJSON_AddStringToObject(o, "object", "list");
+	for (int i = 0; i < n && i < MAX_MODELS_LISTED; i++) {
+		cJSON *m = cJSON_CreateObject();
+		if (!m)
+			break;
+		ids[i][RT_SERVE_MODEL_ID_BYTES - 1] = '\0';
+		cJSON_AddStringToObject(m, "id", ids[i]);
+		cJSON_AddStringToObject(m, "object", "model");
+		cJSON_AddNumberToObject(m, "created", 0);
+		cJSON_AddStringToObject(m, "owned_by", "flotilla");
+		cJSON_AddItemToArray(arr, m);
+	}
+	return send_json(c, 200, o);
+}
+
+static enum MHD_Result handle_health(struct rt_serve *s, struct MHD_Connection *c)
+{
+	struct rt_runner *r = NULL;
+	char id[RT_SERVE_MODEL_ID_BYTES];
+	int err = s->cfg.ops.acquire(s->cfg.userdata, "", &r, id);
+	bool ok = err == 0;
+	if (ok) {
+		struct rt_runner_status st;
+		rt_runner_get_status(r, &st);
+		ok = st.state == RT_RUNNER_READY;
+		s->cfg.ops.release(s->cfg.userdata, r);
+	}
+	char *body = strdup(ok ? "{\"status\":\"ok\"}" : "{\"status\":\"unavailable\"}");
+	if (!body)
+		return MHD_NO;
+	return send_text(c, ok ? 200 : 503, "application/json", body);
+}
+
+static enum MHD_Result handle_status(struct rt_serve *s, struct MHD_Connection *c)
+{
+	char *buf = calloc(1, STATUS_JSON_BYTES);
+	if (!buf)
+		return MHD_NO;
+	strcpy(buf, "{}");
+	if (s->cfg.ops.status_json && s->cfg.ops.status_json(s->cfg.userdata, buf, STATUS_JSON_BYTES) < 0) {
+		free(buf);
+		return send_error(c, 500, "status unavailable", NULL, "internal_error");
+	}
+	buf[STATUS_JSON_BYTES - 1] = '\0';
+	return send_text(c, 200, "application/json", buf);
+}
+
+static bool token_ok(const struct rt_serve *s, struct MHD_Connection *c)
+{
+	const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+	if (!h || strncmp(h, "Bearer ", 7) != 0)
+		return false;
+	h += 7;
+	size_t a = strlen(h), b = strlen(s->token);
+	unsigned char diff = a != b;
+	for (size_t i = 0; i < a && i < b; i++)
+		diff |= (unsigned char)(h[i] ^ s->token[i]);
+	return diff == 0;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+			       const char *method, const char *version, const char *upload,
+			       size_t *upload_size, void **con_cls, bool is_tcp)
+{
+	(void)version;
+	struct rt_serve *s = cls;
+	struct conn *cn = *con_cls;
+	if (!cn) {
+		cn = calloc(1, sizeof(*cn));
+		if (!cn)
+			return MHD_NO;
+		*con_cls = cn;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		size_t n = *upload_size;
+		*upload_size = 0;
+		if (cn->too_big || cn->len + n > s->cfg.max_body_bytes) {
+			cn->too_big = true;
+			return MHD_YES;
+		}
+		if (cn->len + n + 1 > cn->cap) {
+			size_t nc = cn->cap ? cn->cap : 4096;
+			while (nc < cn->len + n + 1)
+				nc *= 2;
+			char *nb = realloc(cn->body, nc);
+			if (!nb)
+				return MHD_NO;
+			cn->body = nb;
+			cn->cap = nc;
+		}
+		memcpy(cn->body + cn->len, upload, n);
+		cn->len += n;
+		return MHD_YES;
+	}
+	if (is_tcp && s->token && !token_ok(s, c))
+		return send_error(c, 401, "missing or wrong bearer token", NULL, "invalid_api_key");
+	if (cn->too_big)
+		return send_error(c, 413, "request body too large", NULL, "body_too_large");
+	bool post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0;
+	if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions")) {
+		if (!post)
+			return send_error(c, 405, "use POST", NULL, "method_not_allowed");
+		return handle_generate(s, c, cn, url[4] == 'c' && url[5] == 'h');
+	}
+	if (!strcmp(url, "/v1/models") || !strcmp(url, "/healthz") || !strcmp(url, "/v1/status")) {
+		if (!get)
+			return send_error(c, 405, "use GET", NULL, "method_not_allowed");
+		if (url[1] == 'h')
+			return handle_health(s, c);
+		return url[4] == 'm' ? handle_models(s, c) : handle_status(s, c);
+	}
+	return send_error(c, 404, "no such endpoint", NULL, "not_found");
+}
+
+static enum MHD_Result handler_tcp(void *cls, struct MHD_Connection *c, const char *url,
+				   const char *method, const char *version, const char *upload,
+				   size_t *upload_size, void **con_cls)
+{
+	return handler(cls, c, url, method, version, upload, upload_size, con_cls, true);
+}
+
+static enum MHD_Result handler_unix(void *cls, struct MHD_Connection *c, const char *url,
+				    const char *method, const char *version, const char *upload,
+				    size_t *upload_size, void **con_cls)
+{
+	return handler(cls, c, url, method, version, upload, upload_size, con_cls, false);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+		      enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)c;
+	(void)toe;
+	struct conn *cn = *con_cls;
+	if (cn) {
+		free(cn->body);
+		free(cn);
+		*con_cls = NULL;
+	}
+}
+
+/* -------------------------------------------------------------- daemon */
+
+static struct MHD_Daemon *start_daemon(struct rt_serve *s, MHD_AccessHandlerCallback h, int fd,
+				       const struct sockaddr_in *sin)
+{
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+			 MHD_USE_POLL;
+	if (fd >= 0)
+		return MHD_start_daemon(flags, 0, NULL, NULL, h, s, MHD_OPTION_LISTEN_SOCKET, fd,
+					MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
+					MHD_OPTION_CONNECTION_TIMEOUT, 600u,
+					MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
+	return MHD_start_daemon(flags, ntohs(sin->sin_port), NULL, NULL, h, s, MHD_OPTION_SOCK_ADDR,
+				sin, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
+				MHD_OPTION_CONNECTION_TIMEOUT, 600u, MHD_OPTION_NOTIFY_COMPLETED,
+				completed, NULL, MHD_OPTION_END);
+}
+
+static int unix_listen(const char *path, int *ret_fd)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(a.sun_path))
+		return -EINVAL;
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	(void)unlink(path);
+	mode_t old = umask(0117);
+	int r = bind(fd, (struct sockaddr *)&a, sizeof(a));
+	umask(old);
+	if (r < 0 || listen(fd, 64) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+void rt_serve_stop(struct rt_serve *s)
+{
+	if (!s)
+		return;
+	if (s->tcp)
+		MHD_stop_daemon(s->tcp);
+	if (s->unx) {
+		MHD_stop_daemon(s->unx);
+		(void)unlink(s->unix_path);
+	}
+	free(s->token);
+	free(s->unix_path);
+	free(s);
+}
+
+int rt_serve_start(const struct rt_serve_config *cfg, struct rt_serve **ret_serve)
+{
+	if (!cfg || !ret_serve || (!cfg->tcp_addr && !cfg->unix_path) || !cfg->ops.acquire ||
+	    !cfg->ops.release || !cfg->ops.list_models || cfg->max_tokens_limit < 0 ||
+	    cfg->default_max_tokens < 0 || cfg->max_connections < 0)
+		return -EINVAL;
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(cfg->tcp_port)};
+	if (cfg->tcp_addr && inet_pton(AF_INET, cfg->tcp_addr, &sin.sin_addr) != 1)
+		return -EINVAL;
+	struct rt_serve *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cfg = *cfg;
+	struct rt_serve_config *c = &s->cfg;
+	if (!c->max_body_bytes)
+		c->max_body_bytes = 1u << 20;
+	if (!c->max_prompt_bytes)
+		c->max_prompt_bytes = 256u << 10;
+	if (!c->max_tokens_limit)
+		c->max_tokens_limit = 4096;
+	if (!c->default_max_tokens)
+		c->default_max_tokens = 256;
+	if (c->default_max_tokens > c->max_tokens_limit)
+		c->default_max_tokens = c->max_tokens_limit;
+	if (!c->max_connections)
+		c->max_connections = 64;
+	c->tcp_addr = NULL;
+	c->unix_path = NULL;
+	c->bearer_token = NULL;
+	int err = 0;
+	if ((cfg->bearer_token && !(s->token = strdup(cfg->bearer_token))) ||
+	    (cfg->unix_path && !(s->unix_path = strdup(cfg->unix_path))))
+		err = -ENOMEM;
+	if (!err && cfg->tcp_addr) {
+		s->tcp = start_daemon(s, handler_tcp, -1, &sin);
+		if (!s->tcp) {
+			err = -FL_ENET;
+		} else {
+			const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->tcp, MHD_DAEMON_INFO_LISTEN_FD);
+			struct sockaddr_in got;
+			socklen_t gl = sizeof(got);
+			if (di && getsockname(di->listen_fd, (struct sockaddr *)&got, &gl) == 0)
+				s->port = ntohs(got.sin_port);
+		}
+	}
+	if (!err && cfg->unix_path) {
+		int fd = -1;
+		err = unix_listen(cfg->unix_path, &fd);
+		if (!err) {
+			s->unx = start_daemon(s, handler_unix, fd, NULL);
+			if (!s->unx) {
+				close(fd);
+				(void)unlink(cfg->unix_path);
+				err = -FL_ENET;
+			}
+		}
+	}
+	if (err < 0) {
+		if (s->unx) { /* not reached: unx is started last */
+			MHD_stop_daemon(s->unx);
+		}
+		if (s->tcp)
+			MHD_stop_daemon(s->tcp);
+		free(s->token);
+		free(s->unix_path);
+		free(s);
+		return err;
+	}
+	*ret_serve = s;
+	return 0;
+}
+
+uint16_t rt_serve_tcp_port(const struct rt_serve *s) { return s ? s->port : 0; }
