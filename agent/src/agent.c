@@ -19,7 +19,8 @@
 static const char *const config_keys[] = {
 	"agent.id", "agent.state_dir", "agent.trust_dir", "agent.threshold",
 	"agent.disk_reserve", "agent.log_level", "agent.labels", "agent.bandwidth",
-	"mqtt.uri", "mqtt.ca", "mqtt.cert", "mqtt.key", "mqtt.keepalive", "mqtt.verify_host", NULL,
+	"mqtt.uri", "mqtt.ca", "mqtt.cert", "mqtt.key", "mqtt.keepalive", "mqtt.verify_host",
+	"serve.listen", "serve.socket", "serve.token", NULL,
 };
 
 /* Copy setting KEY (if set) into OUT; too long is -FL_ECONFIG. */
@@ -139,7 +140,10 @@ int agent_config_load(const char *path, struct agent_config *cfg, char *err, siz
 	    (r = copy_setting(c, "mqtt.uri", cfg->mqtt_uri, sizeof(cfg->mqtt_uri), path, err, err_len)) < 0 ||
 	    (r = copy_setting(c, "mqtt.ca", cfg->mqtt_ca, sizeof(cfg->mqtt_ca), path, err, err_len)) < 0 ||
 	    (r = copy_setting(c, "mqtt.cert", cfg->mqtt_cert, sizeof(cfg->mqtt_cert), path, err, err_len)) < 0 ||
-	    (r = copy_setting(c, "mqtt.key", cfg->mqtt_key, sizeof(cfg->mqtt_key), path, err, err_len)) < 0)
+	    (r = copy_setting(c, "mqtt.key", cfg->mqtt_key, sizeof(cfg->mqtt_key), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "serve.listen", cfg->serve_listen, sizeof(cfg->serve_listen), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "serve.socket", cfg->serve_socket, sizeof(cfg->serve_socket), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "serve.token", cfg->serve_token, sizeof(cfg->serve_token), path, err, err_len)) < 0)
 		goto out;
 	if (cfg->labels[0] && (r = agent_labels_parse(cfg->labels, NULL)) < 0) {
 		snprintf(err, err_len, "%s: agent.labels must be name=value pairs separated by commas", path);

@@ -30,6 +30,10 @@ struct agent_config {
 	bool mqtt_verify_host;
 	char labels[1024];       /* "k=v,k=v" (agent.labels) */
 	uint64_t bandwidth_bps;  /* chunk download cap in bytes/s, 0 = none */
+	/* Local inference API (docs/serving.md), started by `run`. */
+	char serve_listen[128];  /* "127.0.0.1:8080"; "" = no TCP listener */
+	char serve_socket[1024]; /* UNIX socket; "" = STATE_DIR/api.sock; "off" = none */
+	char serve_token[256];   /* bearer token for the TCP listener; "" = none */
 };
 
 /* Called for every event the install engine records (the MQTT session
@@ -46,10 +50,35 @@ struct agent {
 	agent_event_fn on_event; /* NULL: none */
 	void *on_event_ud;
 	bool state_dirty;        /* something the MQTT state shows changed */
+	struct agent_serving *serving; /* NULL: models are not served (commands) */
 };
 
 struct ota_manifest;
 struct ota_slots;
+struct agent_serving;
+struct rt_runner;
+
+/* Serving (serving.c). Start runners for every model's current slot and the
+ * local API; stop everything. */
+int agent_serving_start(struct agent *a);
+void agent_serving_stop(struct agent *a);
+/* Before a switch to SLOT: start a runner on it and wait until it answers.
+ * *RET_RUNNER is NULL when the agent is not serving. */
+int agent_serving_prepare(struct agent *a, const char *model, char slot,
+			  const struct ota_manifest *m, struct rt_runner **ret_runner);
+/* After the switch: route new requests to RUNNER, let requests in flight
+ * finish on the old runner, stop it. RUNNER NULL: nothing is served now. */
+void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner);
+/* A prepared runner that will not be used (the switch failed): stop it. */
+void agent_serving_commit_abandon(struct agent *a, struct rt_runner *runner);
+/* Failures of a model in TRIAL seen by its runner since the trial began:
+ * crashes, failed and total requests. 0, or -ENOENT when not served. */
+int agent_serving_trial_stats(struct agent *a, const char *model, uint32_t *ret_crashes,
+			      uint32_t *ret_failed, uint32_t *ret_requests);
+/* Forget the trial baseline of MODEL (a new trial starts). */
+void agent_serving_trial_reset(struct agent *a, const char *model);
+/* Refresh what /v1/status shows (runner counters); agent loop only. */
+void agent_serving_tick(struct agent *a);
 
 /* Shared by the local (install.c) and network (fetch.c) install paths. */
 void agent_event(struct agent *a, const char *model, const char *kind, const char *version,

@@ -15,6 +15,7 @@
 
 #include "agent.h"
 #include "daemon.h"
+#include <flotilla/sdnotify.h>
 #include "session.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
@@ -97,6 +98,8 @@ int agent_run(struct agent *a)
 	if (r < 0)
 		fl_err("recovery: %s", fl_strerror(r));
 
+	/* Runner sockets and HTTP clients may go away mid-write. */
+	signal(SIGPIPE, SIG_IGN);
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -110,23 +113,36 @@ int agent_run(struct agent *a)
 		return -errno;
 	fl_info("running: state %s, spool %s", a->cfg.state_dir, spool);
 
+	/* Serve the installed models (runners + local API). A model that does
+	 * not start is reported and the rest go on; a busy listen address is
+	 * fatal (the operator configured it). */
+	r = agent_serving_start(a);
+	if (r < 0)
+		return r;
+
 	/* MQTT when configured; offline (spool only) otherwise. */
 	struct agent_session *sess = NULL;
 	if (a->cfg.mqtt_uri[0]) {
 		r = agent_session_new(a, &sess);
 		if (r < 0) {
 			fl_err("mqtt: %s", fl_strerror(r));
+			agent_serving_stop(a);
 			return r;
 		}
 	}
 
+	/* systemd: ready after recovery and serving start; the watchdog is
+	 * pinged from this loop (each turn is at most TICK_MS plus one step). */
+	fl_sd_notify("READY=1\nSTATUS=running");
 	int64_t next_scan = 0;
 	int sess_timeout = 0;
 	for (;;) {
 		int64_t now = fl_mono_ms();
 		if (now >= next_scan) {
+			fl_sd_notify("WATCHDOG=1");
 			spool_scan(a, spool);
 			agent_trial_tick(a);
+			agent_serving_tick(a);
 			next_scan = now + TICK_MS;
 		}
 		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN},
@@ -140,13 +156,16 @@ int agent_run(struct agent *a)
 		if (poll(pfd, 3, timeout) < 0 && errno != EINTR) {
 			r = -errno;
 			agent_session_free(sess);
+			agent_serving_stop(a);
 			return r;
 		}
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				fl_info("signal %u: stopping", si.ssi_signo);
+				fl_sd_notify("STOPPING=1");
 				agent_session_free(sess);
+				agent_serving_stop(a); /* drains requests in flight */
 				return 0;
 			}
 		}

@@ -237,13 +237,18 @@ int agent_reject_staged(struct agent *a, struct ota_slots *s, const struct insta
 	return 0;
 }
 
-/* From SWITCHING on: point `current` at the new slot, then trial or commit. */
+/* From SWITCHING on: point `current` at the new slot, route requests to
+ * RUNNER (already answering; NULL when not serving), then trial or commit. */
 static int finish_switch(struct agent *a, struct ota_slots *s, struct install_rec *rec,
-			 const struct ota_manifest *m)
+			 const struct ota_manifest *m, struct rt_runner *runner)
 {
 	int r = ota_slots_switch(s, rec->to_slot);
-	if (r < 0)
+	if (r < 0) {
+		agent_serving_commit_abandon(a, runner);
 		return r;
+	}
+	if (runner)
+		agent_serving_commit(a, rec->model, runner);
 	agent_event(a, rec->model, "install.switched", rec->version, 0, NULL);
 	if (m->trial.window_s > 0 && rec->from_slot) {
 		r = journal_install_set(a->journal, rec->id, ST_TRIAL, NULL);
@@ -269,10 +274,21 @@ int agent_finish_staged(struct agent *a, struct ota_slots *s, struct install_rec
 		int k = agent_reject_staged(a, s, rec, r, why[0] ? why : "acceptance tests failed");
 		return k < 0 ? k : r;
 	}
+	/* When serving, the new version must answer in its own runner before
+	 * the switch, so the swap drops nothing. */
+	struct rt_runner *runner = NULL;
+	r = agent_serving_prepare(a, rec->model, rec->to_slot, m, &runner);
+	if (r < 0) {
+		snprintf(why, sizeof(why), "the model's runner did not start: %s", fl_strerror(r));
+		int k = agent_reject_staged(a, s, rec, -FL_EACCEPT, why);
+		return k < 0 ? k : -FL_EACCEPT;
+	}
 	r = journal_install_set(a->journal, rec->id, ST_SWITCHING, NULL);
-	if (r < 0)
+	if (r < 0) {
+		agent_serving_commit_abandon(a, runner);
 		return r;
-	return finish_switch(a, s, rec, m);
+	}
+	return finish_switch(a, s, rec, m, runner);
 }
 
 int agent_install_bundle(struct agent *a, const char *path)
@@ -370,6 +386,19 @@ static int do_revert(struct agent *a, struct ota_slots *s, const struct install_
 	int r = ota_slots_switch(s, target);
 	if (r < 0)
 		return r;
+	if (a->serving) {
+		/* Serve the version switched back to; if its runner cannot start
+		 * the model is not served, which the status and an event say. */
+		struct ota_manifest *m = NULL;
+		struct rt_runner *runner = NULL;
+		int k = slot_manifest(a, rec->model, target, &m);
+		if (k == 0)
+			k = agent_serving_prepare(a, rec->model, target, m, &runner);
+		ota_manifest_free(m);
+		if (k < 0)
+			agent_event(a, rec->model, "serve.failed", NULL, k, "after revert");
+		agent_serving_commit(a, rec->model, runner);
+	}
 	r = journal_install_rolled_back(a->journal, rec->id, rec->model, target, reason);
 	if (r == 0)
 		agent_event(a, rec->model, "install.rolled_back", rec->version, 0, reason);
@@ -415,7 +444,7 @@ static int recover_model(void *ud, const char *model)
 		r = slot_manifest(a, model, rec.to_slot, &m);
 		if (r < 0)
 			return r;
-		return finish_switch(a, s, &rec, m);
+		return finish_switch(a, s, &rec, m, NULL);
 	}
 	case ST_TRIAL: {
 		if (!rc->daemon_start)
@@ -503,6 +532,9 @@ int agent_revert(struct agent *a, const char *model, const char *reason)
 	return do_revert(a, s, &rec, other, reason);
 }
 
+/* Runner crashes during a trial that count as a crash loop. */
+#define TRIAL_MAX_CRASHES 3
+
 static int tick_model(void *ud, const char *model)
 {
 	struct agent *a = ud;
@@ -514,7 +546,26 @@ static int tick_model(void *ud, const char *model)
 	r = slot_manifest(a, model, rec.to_slot, &m);
 	if (r < 0)
 		return r;
+	/* What the runner saw since the switch, when this agent serves it. */
+	uint32_t crashes = 0, failed = 0, requests = 0;
+	bool served = agent_serving_trial_stats(a, model, &crashes, &failed, &requests) == 0;
+	char why[256] = "";
+	if (served && crashes >= TRIAL_MAX_CRASHES)
+		snprintf(why, sizeof(why), "crash loop: the runner crashed %u times during the trial",
+			 crashes);
+	else if (served && requests >= (m->trial.min_requests ? m->trial.min_requests : 1) &&
+		 (double)failed / requests > m->trial.max_error_rate)
+		snprintf(why, sizeof(why), "error rate %.3f over %u requests, limit %.3f",
+			 (double)failed / requests, requests, m->trial.max_error_rate);
+	if (why[0]) {
+		agent_event(a, model, "install.trial_failed", rec.version, 0, why);
+		return agent_revert(a, model, why);
+	}
 	if (fl_now_s() - rec.trial_start_s < (int64_t)m->trial.window_s)
+		return 0;
+	/* The window is over; a served model must also have seen enough
+	 * requests to be judged. */
+	if (served && requests < m->trial.min_requests)
 		return 0;
 	r = journal_install_commit(a->journal, &rec);
 	if (r == 0)

@@ -10,6 +10,7 @@
 
 #include "agent.h"
 #include "daemon.h"
+#include <flotilla/runner.h>
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
 #include <flotilla/log.h>
@@ -124,6 +125,10 @@ static int cmd_status(struct agent *a, bool json)
 
 int main(int argc, char **argv)
 {
+	/* Runner mode (a child of the service, one per served model): before
+	 * anything else, it has its own arguments. */
+	if (argc > 1 && !strcmp(argv[1], "runner"))
+		return rt_runner_cli(argc, argv);
 	fl_log_init("flotilla-agent");
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},

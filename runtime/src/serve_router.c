@@ -1,4 +1,5 @@
-/* A reference-counted one-model router for rt_serve (serve.h). */
+/* A reference-counted router for rt_serve (serve.h): one current runner per
+ * model id, several model ids. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -8,7 +9,13 @@
 #include "flotilla/error.h"
 #include "flotilla/serve.h"
 
-#define ROUTER_MAX_HELD 16 /* runners with requests in flight (current + retiring) */
+#define ROUTER_MAX_HELD 32   /* runners with requests in flight (current + retiring) */
+#define ROUTER_MAX_MODELS 16 /* model ids served at once */
+
+struct route {
+	char id[RT_SERVE_MODEL_ID_BYTES]; /* "" when the slot is free */
+	struct rt_runner *cur;
+};
 
 struct held {
 	struct rt_runner *runner;
@@ -18,8 +25,7 @@ struct held {
 struct rt_serve_router {
 	pthread_mutex_t lock; /* everything below */
 	pthread_cond_t cond;  /* a reference was dropped */
-	struct rt_runner *cur;
-	char id[RT_SERVE_MODEL_ID_BYTES];
+	struct route routes[ROUTER_MAX_MODELS]; /* in the order they were added */
 	struct held held[ROUTER_MAX_HELD];
 };
 
@@ -49,16 +55,38 @@ void rt_serve_router_free(struct rt_serve_router *r)
 	free(r);
 }
 
+static struct route *route_find(struct rt_serve_router *r, const char *id)
+{
+	for (int i = 0; i < ROUTER_MAX_MODELS; i++)
+		if (r->routes[i].id[0] && !strcmp(r->routes[i].id, id))
+			return &r->routes[i];
+	return NULL;
+}
+
 int rt_serve_router_set(struct rt_serve_router *r, const char *id, struct rt_runner *runner,
 			struct rt_runner **ret_old)
 {
 	if (!r || !id || !id[0] || strlen(id) >= RT_SERVE_MODEL_ID_BYTES)
 		return -EINVAL;
 	pthread_mutex_lock(&r->lock);
-	struct rt_runner *old = r->cur;
-	r->cur = runner;
-	memcpy(r->id, id, strlen(id) + 1);
+	struct route *rt = route_find(r, id);
+	for (int i = 0; !rt && runner && i < ROUTER_MAX_MODELS; i++)
+		if (!r->routes[i].id[0]) {
+			rt = &r->routes[i];
+			memcpy(rt->id, id, strlen(id) + 1);
+		}
+	struct rt_runner *old = rt ? rt->cur : NULL;
+	int err = 0;
+	if (rt) {
+		rt->cur = runner;
+		if (!runner)
+			rt->id[0] = '\0'; /* the model is no longer served */
+	} else if (runner) {
+		err = -FL_ETOOBIG;
+	}
 	pthread_mutex_unlock(&r->lock);
+	if (err)
+		return err;
 	if (ret_old)
 		*ret_old = old;
 	return 0;
@@ -77,23 +105,35 @@ static int acquire(void *ud, const char *model, struct rt_runner **ret_runner, c
 	struct rt_serve_router *r = ud;
 	pthread_mutex_lock(&r->lock);
 	int err = 0;
-	if (!r->cur) {
-		err = -FL_ESTATE;
-	} else if (model && model[0] && strcmp(model, r->id) != 0) {
-		err = -ENOENT;
+	struct route *rt = NULL;
+	if (model && model[0]) {
+		rt = route_find(r, model);
+		if (!rt)
+			err = -ENOENT;
 	} else {
-		struct held *h = find(r, r->cur);
+		/* No model named: the first one served (OpenAI clients of a
+		 * one-model device often leave it out). */
+		for (int i = 0; !rt && i < ROUTER_MAX_MODELS; i++)
+			if (r->routes[i].id[0])
+				rt = &r->routes[i];
+		if (!rt)
+			err = -FL_ESTATE;
+	}
+	if (!err && !rt->cur)
+		err = -FL_ESTATE;
+	if (!err) {
+		struct held *h = find(r, rt->cur);
 		for (int i = 0; !h && i < ROUTER_MAX_HELD; i++)
 			if (r->held[i].refs == 0) {
 				h = &r->held[i];
-				h->runner = r->cur;
+				h->runner = rt->cur;
 			}
 		if (!h) {
 			err = -FL_EBUSY;
 		} else {
 			h->refs++;
-			*ret_runner = r->cur;
-			memcpy(ret_id, r->id, sizeof(r->id));
+			*ret_runner = rt->cur;
+			memcpy(ret_id, rt->id, sizeof(rt->id));
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -116,10 +156,9 @@ static int list_models(void *ud, char (*ids)[RT_SERVE_MODEL_ID_BYTES], int max)
 	struct rt_serve_router *r = ud;
 	pthread_mutex_lock(&r->lock);
 	int n = 0;
-	if (r->cur && max > 0) {
-		memcpy(ids[0], r->id, sizeof(r->id));
-		n = 1;
-	}
+	for (int i = 0; i < ROUTER_MAX_MODELS && n < max; i++)
+		if (r->routes[i].id[0] && r->routes[i].cur)
+			memcpy(ids[n++], r->routes[i].id, RT_SERVE_MODEL_ID_BYTES);
 	pthread_mutex_unlock(&r->lock);
 	return n;
 }

@@ -72,16 +72,17 @@ void rt_serve_stop(struct rt_serve *s);
 
 /* ------------------------------------------------------- a simple router */
 
-/* A ready-made router for rt_serve_ops: one current runner under one model
- * id, reference-counted so that a swap never cuts a request in flight.
+/* A ready-made router for rt_serve_ops: one current runner per model id (up
+ * to 16 ids), reference-counted so that a swap never cuts a request in
+ * flight. A request without a model goes to the first id served.
  * Thread-safe. */
 struct rt_serve_router;
 
 int rt_serve_router_new(struct rt_serve_router **ret_router);
-/* Route new requests to RUNNER (NULL: none, requests get 503) as model ID.
- * *RET_OLD (if not NULL) receives the previous runner: wait with
+/* Route new requests for model ID to RUNNER (NULL: ID is no longer served).
+ * *RET_OLD (if not NULL) receives the previous runner of ID: wait with
  * rt_serve_router_wait_idle() before stopping it. Errors: -EINVAL (ID
- * empty or too long). */
+ * empty or too long), -FL_ETOOBIG (16 ids already served). */
 int rt_serve_router_set(struct rt_serve_router *r, const char *id, struct rt_runner *runner,
 			struct rt_runner **ret_old);
 /* Wait until no request holds RUNNER: 0, or -FL_ETIMEOUT. */

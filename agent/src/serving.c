@@ -1,0 +1,399 @@
+/* Serving: one runner child process per model (the agent binary in runner
+ * mode, runtime/runner.h) behind the local OpenAI-compatible API
+ * (runtime/serve.h). A swap starts the new runner on the new slot, waits
+ * until it answers, flips the route, lets requests in flight finish on the
+ * old runner, then stops it (docs/serving.md).
+ *
+ * Threads: the agent loop calls everything here; libmicrohttpd threads only
+ * call the router and status_json, which reads a cached copy under
+ * status_lock (the journal is not thread-safe). */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "agent.h"
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/fs.h>
+#include <flotilla/json.h>
+#include <flotilla/log.h>
+#include <flotilla/runner.h>
+#include <flotilla/serve.h>
+#include <flotilla/util.h>
+
+#define SERVING_MAX_MODELS 16
+#define RUNNER_READY_MS 60000
+#define DRAIN_MS 30000
+#define STOP_GRACE_MS 5000
+
+struct served {
+	char model[J_MODEL_MAX];
+	char version[J_VERSION_MAX];
+	char slot;
+	struct rt_runner *runner;
+	/* Runner counters when the current version started serving: a trial
+	 * judges only what happened since. */
+	uint32_t base_crashes, base_failed, base_requests;
+};
+
+struct agent_serving {
+	struct rt_serve_router *router;
+	struct rt_serve *srv;
+	struct served m[SERVING_MAX_MODELS];
+	char exe[PATH_MAX];
+	char socket_path[1200];
+	pthread_mutex_t status_lock; /* status */
+	char *status;                /* /v1/status body */
+};
+
+static struct served *served_find(struct agent_serving *s, const char *model, bool create)
+{
+	for (int i = 0; i < SERVING_MAX_MODELS; i++)
+		if (s->m[i].model[0] && !strcmp(s->m[i].model, model))
+			return &s->m[i];
+	for (int i = 0; create && i < SERVING_MAX_MODELS; i++)
+		if (!s->m[i].model[0]) {
+			fl_strlcpy(s->m[i].model, model, sizeof(s->m[i].model));
+			return &s->m[i];
+		}
+	return NULL;
+}
+
+/* Rebuild the /v1/status body (agent loop only). */
+static void refresh_status(struct agent *a)
+{
+	struct agent_serving *s = a->serving;
+	cJSON *root = cJSON_CreateObject(), *models = cJSON_AddObjectToObject(root, "models");
+	cJSON_AddStringToObject(root, "device", a->cfg.device_id);
+	for (int i = 0; i < SERVING_MAX_MODELS; i++) {
+		struct served *e = &s->m[i];
+		if (!e->model[0])
+			continue;
+		cJSON *o = cJSON_AddObjectToObject(models, e->model);
+		char slot[2] = {e->slot, 0};
+		cJSON_AddStringToObject(o, "version", e->version);
+		cJSON_AddStringToObject(o, "slot", slot);
+		struct install_rec ir;
+		if (journal_install_last(a->journal, e->model, &ir) > 0)
+			cJSON_AddStringToObject(o, "state", inst_state_name(ir.state));
+		if (e->runner) {
+			struct rt_runner_status st;
+			rt_runner_get_status(e->runner, &st);
+			cJSON_AddStringToObject(o, "runner", rt_runner_state_name(st.state));
+			cJSON_AddNumberToObject(o, "pid", st.pid);
+			cJSON_AddNumberToObject(o, "requests", st.n_requests);
+			cJSON_AddNumberToObject(o, "failed", st.n_failed);
+			cJSON_AddNumberToObject(o, "crashes", st.n_crashes);
+		} else {
+			cJSON_AddStringToObject(o, "runner", "none");
+		}
+	}
+	char *text = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	if (!text)
+		return;
+	pthread_mutex_lock(&s->status_lock);
+	free(s->status);
+	s->status = text;
+	pthread_mutex_unlock(&s->status_lock);
+}
+
+static int status_json(void *ud, char *buf, size_t size)
+{
+	struct agent_serving *s = ud;
+	pthread_mutex_lock(&s->status_lock);
+	int r = 0;
+	if (fl_strlcpy(buf, s->status ? s->status : "{}", size) >= size)
+		r = -FL_ETOOBIG;
+	pthread_mutex_unlock(&s->status_lock);
+	return r;
+}
+
+/* The router's ops with our userdata for status_json. */
+static struct rt_serve_ops router_ops;
+static void *router_ud;
+
+static int ops_acquire(void *ud, const char *model, struct rt_runner **ret, char *ret_id)
+{
+	(void)ud;
+	return router_ops.acquire(router_ud, model, ret, ret_id);
+}
+static void ops_release(void *ud, struct rt_runner *r)
+{
+	(void)ud;
+	router_ops.release(router_ud, r);
+}
+static int ops_list(void *ud, char (*ids)[RT_SERVE_MODEL_ID_BYTES], int max)
+{
+	(void)ud;
+	return router_ops.list_models(router_ud, ids, max);
+}
+
+static int start_runner(struct agent *a, const char *model, char slot,
+			const struct ota_manifest *m, struct rt_runner **ret)
+{
+	struct agent_serving *s = a->serving;
+	struct ota_slots *slots = NULL;
+	int r = ota_slots_open(a->models_dir, model, &slots);
+	if (r < 0)
+		return r;
+	const char *rel = NULL;
+	r = agent_model_file(m, &rel);
+	_cleanup_free_ char *path = r == 0 ? fl_path_join(ota_slots_dir(slots, slot), rel) : NULL;
+	ota_slots_free(slots);
+	if (r < 0)
+		return r;
+	if (!path)
+		return -ENOMEM;
+	struct rt_runner_config rc = {.exe = s->exe, .backend = "gguf", .model_path = path};
+	rt_runner_limits_default(&rc.limits);
+	int64_t v;
+	const cJSON *lim = NULL;
+	if (m->runtime) {
+		if (fl_json_get_int(m->runtime, "threads", 1, 256, &v) == 0)
+			rc.limits.n_threads = (int)v;
+		if (fl_json_get_int(m->runtime, "context_length", 16, 1 << 20, &v) == 0)
+			rc.limits.n_ctx = (int)v;
+		fl_json_get_obj(m->runtime, "limits", &lim);
+	}
+	if (lim) {
+		if (fl_json_get_int(lim, "memory_mb", 16, 1 << 24, &v) == 0)
+			rc.limits.mem_bytes = (uint64_t)v << 20;
+		if (fl_json_get_int(lim, "request_timeout_ms", 1, 3600000, &v) == 0)
+			rc.limits.request_timeout_ms = (int)v;
+		if (fl_json_get_int(lim, "max_queue", 1, 4096, &v) == 0)
+			rc.limits.queue_max = (int)v;
+	}
+	struct rt_runner *runner = NULL;
+	r = rt_runner_start(&rc, &runner);
+	if (r < 0)
+		return r;
+	r = rt_runner_wait_ready(runner, RUNNER_READY_MS);
+	if (r < 0) {
+		char tail[512];
+		rt_runner_stderr_tail(runner, tail, sizeof(tail));
+		fl_err("serve %s: runner on slot %c did not start: %s %s", model, slot,
+		       fl_strerror(r), tail);
+		rt_runner_stop(runner, STOP_GRACE_MS);
+		return r;
+	}
+	*ret = runner;
+	return 0;
+}
+
+struct start_ctx {
+	struct agent *a;
+};
+
+static int start_model(void *ud, const struct model_rec *mr)
+{
+	struct agent *a = ((struct start_ctx *)ud)->a;
+	struct ota_slots *slots = NULL;
+	if (ota_slots_open(a->models_dir, mr->name, &slots) < 0)
+		return 0;
+	char cur = ota_slots_current(slots);
+	ota_slots_free(slots);
+	if (!cur)
+		return 0;
+	struct slot_rec sr;
+	if (journal_slot_get(a->journal, mr->name, cur, &sr) < 0)
+		return 0;
+	struct ota_manifest *m = NULL;
+	int r = sr.envelope ? agent_envelope_manifest(sr.envelope, sr.envelope_len, &m) : -FL_EMISSING;
+	free(sr.envelope);
+	struct rt_runner *runner = NULL;
+	if (r == 0)
+		r = agent_serving_prepare(a, mr->name, cur, m, &runner);
+	if (r == 0) {
+		agent_serving_commit(a, mr->name, runner);
+		struct served *e = served_find(a->serving, mr->name, false);
+		if (e)
+			fl_strlcpy(e->version, sr.version, sizeof(e->version));
+	} else {
+		agent_event(a, mr->name, "serve.failed", sr.version, r, "model not served");
+	}
+	ota_manifest_free(m);
+	return 0; /* one model that cannot be served does not stop the others */
+}
+
+static int parse_listen(const char *s, char *host, size_t host_len, uint16_t *port)
+{
+	const char *colon = strrchr(s, ':');
+	int64_t p;
+	if (!colon || colon == s || (size_t)(colon - s) >= host_len ||
+	    fl_parse_i64(colon + 1, 0, 65535, &p) < 0)
+		return -EINVAL;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	*port = (uint16_t)p;
+	return 0;
+}
+
+int agent_serving_start(struct agent *a)
+{
+	struct agent_serving *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_init(&s->status_lock, NULL);
+	ssize_t n = readlink("/proc/self/exe", s->exe, sizeof(s->exe) - 1);
+	int r = n > 0 ? rt_serve_router_new(&s->router) : -errno;
+	if (r < 0) {
+		free(s);
+		return r;
+	}
+	s->exe[n] = '\0';
+	a->serving = s;
+	struct start_ctx ctx = {.a = a};
+	journal_models(a->journal, start_model, &ctx);
+
+	struct rt_serve_config sc = {0};
+	char host[64];
+	uint16_t port = 0;
+	if (a->cfg.serve_listen[0]) {
+		if (parse_listen(a->cfg.serve_listen, host, sizeof(host), &port) < 0) {
+			fl_err("serve.listen '%s': expected ADDRESS:PORT", a->cfg.serve_listen);
+			agent_serving_stop(a);
+			return -FL_ECONFIG;
+		}
+		sc.tcp_addr = host;
+		sc.tcp_port = port;
+		sc.bearer_token = a->cfg.serve_token[0] ? a->cfg.serve_token : NULL;
+	}
+	if (strcmp(a->cfg.serve_socket, "off") != 0) {
+		if (a->cfg.serve_socket[0])
+			fl_strlcpy(s->socket_path, a->cfg.serve_socket, sizeof(s->socket_path));
+		else
+			snprintf(s->socket_path, sizeof(s->socket_path), "%s/api.sock", a->cfg.state_dir);
+		sc.unix_path = s->socket_path;
+	}
+	if (!sc.tcp_addr && !sc.unix_path) {
+		refresh_status(a);
+		return 0; /* runners for trials and acceptance, no API */
+	}
+	rt_serve_router_bind(s->router, &sc);
+	router_ops = sc.ops;
+	router_ud = sc.userdata;
+	sc.ops.acquire = ops_acquire;
+	sc.ops.release = ops_release;
+	sc.ops.list_models = ops_list;
+	sc.ops.status_json = status_json;
+	sc.userdata = s;
+	refresh_status(a);
+	r = rt_serve_start(&sc, &s->srv);
+	if (r < 0) {
+		fl_err("local API on %s%s%s: %s", sc.tcp_addr ? a->cfg.serve_listen : "",
+		       sc.tcp_addr && sc.unix_path ? " and " : "", sc.unix_path ? sc.unix_path : "",
+		       fl_strerror(r));
+		agent_serving_stop(a);
+		return r;
+	}
+	fl_info("local API on %s%s%s", sc.tcp_addr ? a->cfg.serve_listen : "",
+		sc.tcp_addr && sc.unix_path ? " and " : "", sc.unix_path ? sc.unix_path : "");
+	return 0;
+}
+
+void agent_serving_stop(struct agent *a)
+{
+	struct agent_serving *s = a->serving;
+	if (!s)
+		return;
+	rt_serve_stop(s->srv); /* finishes requests in flight */
+	for (int i = 0; i < SERVING_MAX_MODELS; i++)
+		if (s->m[i].runner)
+			rt_runner_stop(s->m[i].runner, STOP_GRACE_MS);
+	rt_serve_router_free(s->router);
+	pthread_mutex_destroy(&s->status_lock);
+	free(s->status);
+	free(s);
+	a->serving = NULL;
+}
+
+int agent_serving_prepare(struct agent *a, const char *model, char slot,
+			  const struct ota_manifest *m, struct rt_runner **ret_runner)
+{
+	*ret_runner = NULL;
+	if (!a->serving)
+		return 0;
+	return start_runner(a, model, slot, m, ret_runner);
+}
+
+void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner)
+{
+	struct agent_serving *s = a->serving;
+	if (!s)
+		return;
+	struct served *e = served_find(s, model, runner != NULL);
+	if (!e)
+		return;
+	struct rt_runner *old = NULL;
+	if (rt_serve_router_set(s->router, model, runner, &old) < 0) {
+		rt_runner_stop(runner, STOP_GRACE_MS);
+		return;
+	}
+	e->runner = runner;
+	/* The slot and version now current. */
+	struct ota_slots *slots = NULL;
+	if (ota_slots_open(a->models_dir, model, &slots) == 0) {
+		e->slot = ota_slots_current(slots);
+		struct slot_rec sr;
+		if (journal_slot_get(a->journal, model, e->slot, &sr) == 0) {
+			fl_strlcpy(e->version, sr.version, sizeof(e->version));
+			free(sr.envelope);
+		}
+		ota_slots_free(slots);
+	}
+	agent_serving_trial_reset(a, model);
+	if (old) {
+		if (rt_serve_router_wait_idle(s->router, old, DRAIN_MS) < 0)
+			fl_warn("serve %s: old runner still busy after %d ms; stopping it", model,
+				DRAIN_MS);
+		rt_runner_stop(old, STOP_GRACE_MS);
+	}
+	if (!runner)
+		e->model[0] = '\0';
+	refresh_status(a);
+}
+
+void agent_serving_trial_reset(struct agent *a, const char *model)
+{
+	struct served *e = a->serving ? served_find(a->serving, model, false) : NULL;
+	if (!e || !e->runner)
+		return;
+	struct rt_runner_status st;
+	rt_runner_get_status(e->runner, &st);
+	e->base_crashes = st.n_crashes;
+	e->base_failed = st.n_failed;
+	e->base_requests = st.n_requests;
+}
+
+int agent_serving_trial_stats(struct agent *a, const char *model, uint32_t *ret_crashes,
+			      uint32_t *ret_failed, uint32_t *ret_requests)
+{
+	struct served *e = a->serving ? served_find(a->serving, model, false) : NULL;
+	if (!e || !e->runner)
+		return -ENOENT;
+	struct rt_runner_status st;
+	rt_runner_get_status(e->runner, &st);
+	*ret_crashes = st.n_crashes - e->base_crashes;
+	*ret_failed = st.n_failed - e->base_failed;
+	*ret_requests = st.n_requests - e->base_requests;
+	return 0;
+}
+
+void agent_serving_tick(struct agent *a)
+{
+	if (a->serving)
+		refresh_status(a);
+}
+
+void agent_serving_commit_abandon(struct agent *a, struct rt_runner *runner)
+{
+	(void)a;
+	rt_runner_stop(runner, STOP_GRACE_MS);
+}
