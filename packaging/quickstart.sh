@@ -101,10 +101,35 @@ step "9. Revert: dev-2 goes back to the version it ran before"
 run "$AGENT" --state-dir dev-2/state --trust-dir dev-2/trust revert tiny-chat
 run "$AGENT" --state-dir dev-2/state --trust-dir dev-2/trust status
 
+step "10. dev-1 serves its model: the agent service and its OpenAI-compatible API"
+port=$((20000 + RANDOM % 20000))
+cat >dev-1/agent.conf <<EOC
+[agent]
+state_dir = $D/dev-1/state
+trust_dir = $D/dev-1/trust
+[serve]
+listen = 127.0.0.1:$port
+EOC
+"$AGENT" --config dev-1/agent.conf run &
+svc=$!
+trap 'kill $svc 2>/dev/null; wait $svc 2>/dev/null; cleanup' EXIT
+for _ in $(seq 1 100); do
+  curl -s -m 2 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+run curl -s -m 20 "http://127.0.0.1:$port/v1/models"
+echo
+run curl -s -m 20 -H 'Content-Type: application/json' \
+  -d '{"prompt": "The factory line reported", "max_tokens": 12}' "http://127.0.0.1:$port/v1/completions"
+echo
+echo "(a random tiny model: the words are noise, the plumbing is real)"
+kill -TERM $svc; wait $svc || true
+
 step "Done"
 cat <<EOT
 Two devices installed signed bundles, moved only the changed chunks of a
-fine-tune, refused a broken version, a tampered bundle and a replay, and one
-reverted. Next in the demo as Flotilla grows: a local fleet (mosquitto with
-TLS and ACLs, the controller and its dashboard, agents) doing staged rollouts.
+fine-tune, refused a broken version, a tampered bundle and a replay, one
+reverted, and one served its model over the local API. Next in the demo:
+a local fleet (mosquitto with TLS and ACLs, the controller and its
+dashboard, agents) doing staged rollouts.
 EOT
