@@ -23,7 +23,8 @@
  *
  * Usage: llref -m MODEL.gguf (-p TEXT | -i "1,2,3") [-n N] [-t THREADS]
  *              [-o REPORT] [--logits F] [--logits-prompt F] [--no-bos]
- *              [--no-parse-special] [--kv-f16] [--fa on|off|auto] [--stop-eog] [-v]
+ *              [--no-parse-special] [--kv-f16] [--fa on|off|auto] [--stop-eog]
+ *              [--no-repack] [-v]
  * Defaults: -n 64, -t 2, BOS added if the vocab says so, special tokens in the
  * prompt text parsed, K/V cache F32 (exact-as-possible reference), FA off.
  * Exit 0 on success, 1 on usage/runtime error (one line on stderr).
@@ -55,6 +56,8 @@ struct llref_opts {
     int kv_f16;
     int fa; /* -1 auto, 0 off, 1 on */
     int stop_eog;
+    int no_repack; /* --no-repack: no extra buffer types (Q4_0/Q4_K weights
+                      stay in file layout: ggml_vec_dot / tinyBLAS kernels) */
     int verbose;
 };
 
@@ -78,7 +81,7 @@ static int usage(const char *msg)
 {
     fprintf(stderr, "llref: error: %s (usage: llref -m MODEL (-p TEXT | -i IDS) [-n N] [-t T] "
                     "[-o REPORT] [--logits F] [--logits-prompt F] [--no-bos] "
-                    "[--no-parse-special] [--kv-f16] [--fa on|off|auto] [--stop-eog] [-v])\n",
+                    "[--no-parse-special] [--kv-f16] [--fa on|off|auto] [--stop-eog] [--no-repack] [-v])\n",
             msg);
     return 1;
 }
@@ -168,6 +171,7 @@ static int parse_args(int argc, char **argv, struct llref_opts *o)
             else if (!strcmp(a, "--no-parse-special")) o->parse_special = 0;
             else if (!strcmp(a, "--kv-f16")) o->kv_f16 = 1;
             else if (!strcmp(a, "--stop-eog")) o->stop_eog = 1;
+            else if (!strcmp(a, "--no-repack")) o->no_repack = 1;
             else if (!strcmp(a, "-v")) o->verbose = 1;
             else return usage("unknown argument");
         }
@@ -198,6 +202,8 @@ int main(int argc, char **argv)
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    if (o.no_repack)
+        mp.use_extra_bufts = false;
     model = llama_model_load_from_file(o.model, mp);
     if (!model) {
         fprintf(stderr, "llref: error: cannot load model %s\n", o.model);

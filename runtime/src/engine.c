@@ -325,6 +325,27 @@ static int load_tensors(struct rt_engine *e)
 	return 0;
 }
 
+/* llama.cpp (x86, AVX2) repacks the Q4_0/Q4_K matrices that only feed
+ * matmuls and have rows % 8 == 0: all but token_embd (also read by
+ * get_rows, so a tied output keeps the plain kernels). */
+static void mark_one(struct wmat *m)
+{
+	if ((m->type == RT_GGML_TYPE_Q4_0 || m->type == RT_GGML_TYPE_Q4_K) && m->n_out % 8 == 0)
+		m->type |= RT_K_GGML_REPACK;
+}
+
+static void mark_repacked(struct rt_engine *e)
+{
+	for (int l = 0; l < e->info.n_layer; l++) {
+		struct layer *L = &e->layers[l];
+		struct wmat *ms[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+		for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+			mark_one(ms[i]);
+	}
+	if (!e->info.tied_embeddings)
+		mark_one(&e->output);
+}
+
 static void *xcalloc(size_t n, size_t size, bool *fail)
 {
 	void *p = calloc(n ? n : 1, size);
@@ -373,6 +394,8 @@ int rt_engine_new(const struct rt_gguf *g, const struct rt_engine_opts *opts,
 		rt_engine_free(e);
 		return r;
 	}
+	if (o.ggml_repack_order)
+		mark_repacked(e);
 	struct rt_model_info *in = &e->info;
 	int n_ctx = o.n_ctx;
 	if (n_ctx == 0)
@@ -637,10 +660,24 @@ static void att_fn(void *arg, int64_t b, int64_t end, int tid)
 		}
 		const uint8_t *kb = e->kcache + lay + (size_t)kvh * head_bytes;
 		const uint8_t *vb = e->vcache + lay + (size_t)kvh * head_bytes;
-		for (int p = 0; p < n_kv; p++)
-			sc[p] = rt_k_vec_dot(e->kv_type, hd, kb + (size_t)p * e->kv_row_bytes, qq);
+		if (f16) {
+			for (int p = 0; p < n_kv; p++)
+				sc[p] = rt_k_vec_dot(e->kv_type, hd, kb + (size_t)p * e->kv_row_bytes,
+						     qq);
+		} else {
+			for (int p = 0; p < n_kv; p++)
+				sc[p] = rt_k_dot_f32_ggml(
+					hd, (const float *)(const void *)(kb + (size_t)p * e->kv_row_bytes),
+					qv);
+		}
 		rt_k_softmax(sc, n_kv, scale);
 		float *out = e->att + (size_t)t * (size_t)e->q_dim + (size_t)h * (size_t)hd;
+		if (!f16) {
+			/* F32 cache: llama.cpp's summation order, bitwise */
+			rt_k_attn_pv_ggml(sc, n_kv, (const float *)(const void *)vb,
+					  e->kv_row_bytes / sizeof(float), hd, j->nt > 1, out);
+			continue;
+		}
 		memset(out, 0, (size_t)hd * sizeof(float));
 		for (int p = 0; p < n_kv; p++) {
 			/* llama.cpp multiplies V by the probabilities rounded to F16 */

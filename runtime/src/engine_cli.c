@@ -19,7 +19,7 @@
 struct cli_opts {
 	const char *model, *prompt, *ids, *report, *logits, *logits_prompt;
 	int n_gen, threads;
-	bool add_bos, parse_special, kv_f16, stop_eog;
+	bool add_bos, parse_special, kv_f16, stop_eog, no_repack;
 };
 
 static int fail(char *err, size_t err_size, int code, const char *fmt, ...)
@@ -77,6 +77,8 @@ static int parse_args(int argc, char **argv, struct cli_opts *o, char *err, size
 				o->parse_special = false;
 			else if (!strcmp(a, "--kv-f16"))
 				o->kv_f16 = true;
+			else if (!strcmp(a, "--no-repack"))
+				o->no_repack = true;
 			else if (!strcmp(a, "--stop-eog"))
 				o->stop_eog = true;
 			else if (strcmp(a, "-v") != 0)
@@ -198,6 +200,7 @@ int rt_engine_run_cli(int argc, char **argv, FILE *out, char *err, size_t err_si
 	eo.n_threads = o.threads;
 	eo.n_batch = eo.n_ctx < 512 ? eo.n_ctx : 512;
 	eo.kv_type = o.kv_f16 ? RT_GGML_TYPE_F16 : RT_GGML_TYPE_F32;
+	eo.ggml_repack_order = !o.no_repack;
 	r = rt_engine_new(g, &eo, &e);
 	if (r < 0) {
 		r = fail(err, err_size, r, "engine: %s", fl_strerror(r));

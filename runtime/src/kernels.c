@@ -170,14 +170,22 @@ static void axpy_f16_scalar(int64_t n, float a, const uint16_t *v, float *y)
 		y[i] += a * rt_k_h2f(v[i]);
 }
 
+static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n);
+static double exp_sum_scalar(float *x, int64_t n, float max);
+
 static const struct rt_kfuncs kfuncs_scalar = {
 	.dot_f32 = dot_f32_scalar,
+	.dot_f32_ggml = rt_k_dot_f32_ggml,
 	.dot_f16 = dot_f16_scalar,
+	.dot_f16_ggml = dot_f16_scalar,
+	.dot_f16_1acc = dot_f16_scalar,
 	.dot_q8_0 = dot_q8_0_scalar,
 	.dot_q4_0 = dot_q4_0_scalar,
 	.dot_q4_k = dot_q4_k_scalar,
 	.dot_q6_k = dot_q6_k_scalar,
 	.quant_q8_0 = quant_q8_0_scalar,
+	.swiglu = swiglu_scalar,
+	.exp_sum = exp_sum_scalar,
 	.f32_to_f16 = f32_to_f16_scalar,
 	.f16_to_f32 = f16_to_f32_scalar,
 	.axpy_f32 = axpy_f32_scalar,
@@ -222,8 +230,8 @@ static void kernels_init(void)
 	/* Entries an ISA table leaves NULL fall back to scalar ones. */
 	g_table = *k;
 #define FILL(f) if (!g_table.f) g_table.f = kfuncs_scalar.f
-	FILL(dot_f32); FILL(dot_f16); FILL(dot_q8_0); FILL(dot_q4_0); FILL(dot_q4_k);
-	FILL(dot_q6_k); FILL(quant_q8_0); FILL(f32_to_f16); FILL(f16_to_f32);
+	FILL(dot_f32); FILL(dot_f32_ggml); FILL(dot_f16); FILL(dot_f16_ggml); FILL(dot_f16_1acc); FILL(dot_q8_0); FILL(dot_q4_0); FILL(dot_q4_k);
+	FILL(dot_q6_k); FILL(quant_q8_0); FILL(swiglu); FILL(exp_sum); FILL(f32_to_f16); FILL(f16_to_f32);
 	FILL(axpy_f32); FILL(axpy_f16);
 #undef FILL
 	if (k != &kfuncs_scalar)
@@ -344,6 +352,8 @@ size_t rt_k_row_bytes(uint32_t type, int64_t n)
 
 uint32_t rt_k_dot_type(uint32_t type)
 {
+	if (type & RT_K_GGML_REPACK)
+		type &= ~RT_K_GGML_REPACK;
 	switch (type) {
 	case RT_GGML_TYPE_Q8_0:
 	case RT_GGML_TYPE_Q4_0: return RT_GGML_TYPE_Q8_0;
@@ -411,9 +421,61 @@ static inline float vec_dot(const struct rt_kfuncs *k, uint32_t wtype, int64_t n
 	}
 }
 
+/* llama.cpp's repacked Q4_0 gemv/gemm order, one row. */
+static float dot_q4_0_repack(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q4_0 *w = wv;
+	const struct rt_block_q8_0 *x = xv;
+	float acc = 0;
+	for (int64_t b = 0; b < n / RT_QK4_0; b++) {
+		int32_t si = 0;
+		for (int j = 0; j < RT_QK4_0 / 2; j++) {
+			si += ((w[b].qs[j] & 0xF) - 8) * x[b].qs[j];
+			si += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + RT_QK4_0 / 2];
+		}
+		acc = fmaf((float)si, rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d), acc);
+	}
+	return acc;
+}
+
+/* llama.cpp's repacked Q4_K gemv/gemm order, one row. */
+static float dot_q4_k_repack(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q4_k *w = wv;
+	const struct rt_block_q8_k *x = xv;
+	float acc = 0, accm = 0;
+	for (int64_t b = 0; b < n / RT_QK_K; b++) {
+		const uint8_t *q = w[b].qs;
+		const int8_t *y = x[b].qs;
+		int32_t si = 0, sm = 0;
+		for (int j = 0; j < RT_QK_K / 64; j++) {
+			uint8_t sc0, m0, sc1, m1;
+			rt_k_scale_min_k4(2 * j, w[b].scales, &sc0, &m0);
+			rt_k_scale_min_k4(2 * j + 1, w[b].scales, &sc1, &m1);
+			int32_t s0 = 0, s1 = 0;
+			for (int l = 0; l < 32; l++) {
+				s0 += (q[l] & 0xF) * y[l];
+				s1 += (q[l] >> 4) * y[l + 32];
+			}
+			si += sc0 * s0 + sc1 * s1;
+			sm += m0 * (x[b].bsums[4 * j] + x[b].bsums[4 * j + 1]) +
+			      m1 * (x[b].bsums[4 * j + 2] + x[b].bsums[4 * j + 3]);
+			q += 32;
+			y += 64;
+		}
+		acc = fmaf((float)si, rt_k_h2f(w[b].d) * x[b].d, acc);
+		accm = fmaf((float)sm, rt_k_h2f(w[b].dmin) * x[b].d, accm);
+	}
+	return acc - accm;
+}
+
 float rt_k_vec_dot(uint32_t wtype, int64_t n, const void *w, const void *xq)
 {
-	return vec_dot(kf(), wtype, n, w, xq);
+	if (wtype == (RT_GGML_TYPE_Q4_0 | RT_K_GGML_REPACK))
+		return dot_q4_0_repack(n, w, xq);
+	if (wtype == (RT_GGML_TYPE_Q4_K | RT_K_GGML_REPACK))
+		return dot_q4_k_repack(n, w, xq);
+	return vec_dot(kf(), wtype & ~RT_K_GGML_REPACK, n, w, xq);
 }
 
 typedef void (*dot4_fn)(int64_t n, const void *w, const void *x, size_t xs, const float *xd,
@@ -428,6 +490,13 @@ static _Thread_local float g_xd[MM_TILE * MM_XD_MAX_BLOCKS];
 void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int64_t r0,
 		 int64_t r1, const void *xq, size_t xq_stride, int64_t nt, float *y, int64_t ldy)
 {
+	if (wtype & RT_K_GGML_REPACK) {
+		for (int64_t t = 0; t < nt; t++)
+			for (int64_t r = r0; r < r1; r++)
+				y[t * ldy + r] = rt_k_vec_dot(wtype, n, (const uint8_t *)w + (size_t)r * row_bytes,
+							      (const uint8_t *)xq + (size_t)t * xq_stride);
+		return;
+	}
 	const struct rt_kfuncs *k = kf();
 	dot4_fn d4 = NULL;
 	switch (wtype) {
@@ -439,6 +508,25 @@ void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int
 	}
 	const uint8_t *wb = w;
 	const uint8_t *xb = xq;
+	if (wtype == RT_GGML_TYPE_F16) {
+		/* llama.cpp: ggml_vec_dot_f16 for one token, tinyBLAS for a batch */
+		for (int64_t t = 0; t < nt; t++) {
+			const uint16_t *xt = (const void *)(xb + (size_t)t * xq_stride);
+			for (int64_t r = r0; r < r1; r++) {
+				const uint16_t *wr = (const void *)(wb + (size_t)r * row_bytes);
+				y[t * ldy + r] = nt == 1 ? k->dot_f16_ggml(n, wr, xt) : k->dot_f16_1acc(n, wr, xt);
+			}
+		}
+		return;
+	}
+	if (wtype == RT_GGML_TYPE_F32 && nt == 1) {
+		/* llama.cpp: ggml_vec_dot_f32 for one token, tinyBLAS (the
+		 * one-accumulator order of gemm_f32) for a batch */
+		for (int64_t r = r0; r < r1; r++)
+			y[r] = k->dot_f32_ggml(n, (const float *)(const void *)(wb + (size_t)r * row_bytes),
+					       xq);
+		return;
+	}
 	if (wtype == RT_GGML_TYPE_F32 && k->gemm_f32 && nt > 1 && row_bytes % sizeof(float) == 0 &&
 	    xq_stride % sizeof(float) == 0) {
 		const size_t ws = row_bytes / sizeof(float), xs = xq_stride / sizeof(float);
@@ -545,8 +633,9 @@ void rt_k_get_row(uint32_t wtype, const void *w, size_t row_bytes, int64_t r, in
 				rt_k_scale_min_k4(2 * j + 1, b[i].scales, &sc, &m);
 				float d2 = d * sc, m2 = dmin * m;
 				for (int l = 0; l < 32; l++) {
-					o[l] = d1 * (float)(q[l] & 0xF) - m1;
-					o[l + 32] = d2 * (float)(q[l] >> 4) - m2;
+					/* ggml-quants.c (gnu11, FMA): contracted */
+					o[l] = fmaf(d1, (float)(q[l] & 0xF), -m1);
+					o[l + 32] = fmaf(d2, (float)(q[l] >> 4), -m2);
 				}
 				q += 32;
 				o += 64;
@@ -617,6 +706,50 @@ void rt_k_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps
 	}
 }
 
+/* ggml's ggml_v_expf (x86 AVX2+FMA build), one lane: a polynomial exp that
+ * differs from libm expf in the last bits; llama.cpp uses it in softmax and
+ * silu, so the engine does too (same op sequence, fmaf for each FMA). */
+static inline float f_of_u(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+static inline uint32_t u_of_f(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof(u));
+	return u;
+}
+
+float rt_k_expf_ggml(float x)
+{
+	const float r = 0x1.8p23f;
+	const float z = fmaf(x, 0x1.715476p+0f, r);
+	const float n = z - r;
+	const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+	const uint32_t e = u_of_f(z) << 23;
+	const float k = f_of_u(e + u_of_f(1.0f));
+	const float u = b * b;
+	const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+				  fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+			     u, 0x1.ffffecp-1f * b);
+	const float an = fabsf(n);
+	if (!(an > 126.f))
+		return fmaf(k, j, k);
+	const uint32_t g = n <= 0.f ? 0x82000000u : 0u;
+	const float s1 = f_of_u(g + 0x7f000000u);
+	const float s2 = f_of_u(e - g);
+	if (an > 192.f)
+		return s1 * s1;
+	return fmaf(s2, j, s2) * s1;
+}
+
+/* ggml_vec_soft_max_f32 + ggml_compute_forward_soft_max_f32 (AVX2): scale,
+ * max, exp in chunks of 8 from index 0, each chunk summed in float as
+ * (e0+e4 + e2+e6) + (e1+e5 + e3+e7), the chunk sums added in double; then
+ * multiplied by (float)(1/sum). Entries past N count as masked (0). */
 void rt_k_softmax(float *x, int64_t n, float scale)
 {
 	float max = -INFINITY;
@@ -625,12 +758,7 @@ void rt_k_softmax(float *x, int64_t n, float scale)
 		if (x[i] > max)
 			max = x[i];
 	}
-	double sum = 0;
-	for (int64_t i = 0; i < n; i++) {
-		float e = expf(x[i] - max);
-		sum += (double)e;
-		x[i] = e;
-	}
+	const double sum = kf()->exp_sum(x, n, max);
 	const float inv = (float)(1.0 / sum);
 	for (int64_t i = 0; i < n; i++)
 		x[i] *= inv;
@@ -639,14 +767,87 @@ void rt_k_softmax(float *x, int64_t n, float scale)
 void rt_k_silu(float *x, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
-		x[i] = x[i] / (1.0f + expf(-x[i]));
+		x[i] = x[i] / (1.0f + rt_k_expf_ggml(0.f - x[i]));
+}
+
+static double exp_sum_scalar(float *x, int64_t n, float max)
+{
+	double sum = 0;
+	for (int64_t c = 0; c < n; c += 8) {
+		float v[8];
+		for (int l = 0; l < 8; l++) {
+			v[l] = c + l < n ? rt_k_expf_ggml(x[c + l] - max) : 0.f;
+			if (c + l < n)
+				x[c + l] = v[l];
+		}
+		float t0 = v[4] + v[0], t1 = v[5] + v[1], t2 = v[6] + v[2], t3 = v[7] + v[3];
+		sum += (double)((t0 + t2) + (t1 + t3));
+	}
+	return sum;
+}
+
+static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + rt_k_expf_ggml(0.f - g)) * up[i];
+	}
 }
 
 void rt_k_swiglu(float *out, const float *gate, const float *up, int64_t n)
 {
-	for (int64_t i = 0; i < n; i++) {
-		float g = gate[i];
-		out[i] = g / (1.0f + expf(-g)) * up[i];
+	kf()->swiglu(out, gate, up, n);
+}
+
+/* ggml_vec_dot_f32, AVX2 build: 4 accumulators of 8 lanes over steps of 32
+ * (FMA), reduced as acc0+acc2, acc1+acc3, then their sum, then lanes
+ * (l + l+4), hadd, hadd; leftovers added one by one in float. */
+float rt_k_dot_f32_ggml(int64_t n, const float *x, const float *y)
+{
+	float acc[4][8] = {{0}};
+	const int64_t np = n & ~(int64_t)31;
+	for (int64_t i = 0; i < np; i += 32)
+		for (int k = 0; k < 4; k++)
+			for (int l = 0; l < 8; l++)
+				acc[k][l] = fmaf(x[i + 8 * k + l], y[i + 8 * k + l], acc[k][l]);
+	float a[8];
+	for (int l = 0; l < 8; l++)
+		a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+	float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+	float sum = (t0 + t1) + (t2 + t3);
+	/* ggml's leftover loop `sumf += x[i]*y[i]` is contracted to an FMA
+	 * (-ffp-contract=fast, -march=native) */
+	for (int64_t i = np; i < n; i++)
+		sum = fmaf(x[i], y[i], sum);
+	return sum;
+}
+
+void rt_k_attn_pv_ggml(const float *p, int64_t n, const float *v, size_t v_stride, int64_t hd,
+		       bool batched, float *out)
+{
+	for (int64_t d = 0; d < hd; d++) {
+		const float *vd = v + d;
+		if (batched) {
+			/* llamafile tinyBLAS (n_tokens >= 2): one 8-lane FMA
+			 * accumulator, then hsum: (l + l+4), (0+2) + (1+3) */
+			float a[8] = {0};
+			for (int64_t i = 0; i < n; i++)
+				a[i & 7] = fmaf(vd[(size_t)i * v_stride], p[i], a[i & 7]);
+			float t0 = a[4] + a[0], t1 = a[5] + a[1], t2 = a[6] + a[2], t3 = a[7] + a[3];
+			out[d] = (t0 + t2) + (t1 + t3);
+		} else {
+			/* ggml_vec_dot_f32 over n_kv (a multiple of 256 in
+			 * llama.cpp, the masked tail being zeros) */
+			float acc[4][8] = {{0}};
+			for (int64_t i = 0; i < n; i++)
+				acc[(i >> 3) & 3][i & 7] =
+					fmaf(vd[(size_t)i * v_stride], p[i], acc[(i >> 3) & 3][i & 7]);
+			float a[8];
+			for (int l = 0; l < 8; l++)
+				a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+			float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+			out[d] = (t0 + t1) + (t2 + t3);
+		}
 	}
 }
 
@@ -686,19 +887,21 @@ void rt_k_rope(float *x, int n_heads, int head_dim, int n_rot, int64_t pos,
 		sn[i] = sinf(t);
 		theta *= theta_scale;
 	}
+	/* ggml's rotate_pairs is C++ built with -ffp-contract=fast (gnu++17) and
+	 * FMA: GCC fuses the first product of each line, as below. */
 	for (int h = 0; h < n_heads; h++) {
 		float *v = x + (size_t)h * (size_t)head_dim;
 		if (mode == RT_ROPE_NEOX) {
 			for (int i = 0; i < np; i++) {
 				float a = v[i], b = v[i + np];
-				v[i] = a * cs[i] - b * sn[i];
-				v[i + np] = a * sn[i] + b * cs[i];
+				v[i] = fmaf(a, cs[i], -(b * sn[i]));
+				v[i + np] = fmaf(a, sn[i], b * cs[i]);
 			}
 		} else {
 			for (int i = 0; i < np; i++) {
 				float a = v[2 * i], b = v[2 * i + 1];
-				v[2 * i] = a * cs[i] - b * sn[i];
-				v[2 * i + 1] = a * sn[i] + b * cs[i];
+				v[2 * i] = fmaf(a, cs[i], -(b * sn[i]));
+				v[2 * i + 1] = fmaf(a, sn[i], b * cs[i]);
 			}
 		}
 	}

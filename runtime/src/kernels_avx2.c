@@ -4,6 +4,7 @@
 #if defined(__x86_64__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels_internal.h"
@@ -53,6 +54,27 @@ AVX2_FN static float dot_f32(int64_t n, const float *w, const float *x)
 	float s = hsum8(acc);
 	for (; i < n; i++)
 		s += w[i] * x[i];
+	return s;
+}
+
+/* ggml_vec_dot_f32 (AVX2 build): 4 accumulators over steps of 32, reduced
+ * (0+2) + (1+3), then lanes (l + l+4), hadd, hadd; leftovers in float. */
+AVX2_FN static float dot_f32_ggml(int64_t n, const float *w, const float *x)
+{
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	const int64_t np = n & ~(int64_t)31;
+	for (int64_t i = 0; i < np; i += 32) {
+		a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+		a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+		a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+		a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+	}
+	a0 = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+	const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+	const __m128 t1 = _mm_hadd_ps(t0, t0);
+	float s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+	for (int64_t i = np; i < n; i++)
+		s = fmaf(w[i], x[i], s); /* as ggml's contracted leftover loop */
 	return s;
 }
 
@@ -115,6 +137,39 @@ AVX2_FN static void gemm_f32(int64_t n, const float *w, size_t ws, int64_t nr, c
 AVX2_INLINE __m256 ld_h(const uint16_t *p)
 {
 	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* ggml_vec_dot_f16 (AVX2 build): as dot_f32_ggml, leftovers in double. */
+AVX2_FN static float dot_f16_ggml(int64_t n, const uint16_t *w, const uint16_t *x)
+{
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	const int64_t np = n & ~(int64_t)31;
+	for (int64_t i = 0; i < np; i += 32) {
+		a0 = _mm256_fmadd_ps(ld_h(w + i), ld_h(x + i), a0);
+		a1 = _mm256_fmadd_ps(ld_h(w + i + 8), ld_h(x + i + 8), a1);
+		a2 = _mm256_fmadd_ps(ld_h(w + i + 16), ld_h(x + i + 16), a2);
+		a3 = _mm256_fmadd_ps(ld_h(w + i + 24), ld_h(x + i + 24), a3);
+	}
+	a0 = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+	const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+	const __m128 t1 = _mm_hadd_ps(t0, t0);
+	double s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+	for (int64_t i = np; i < n; i++)
+		s += (double)(h2f(w[i]) * h2f(x[i]));
+	return (float)s;
+}
+
+/* llamafile tinyBLAS F16 (AVX2): one 8-lane FMA accumulator, then hsum8. */
+AVX2_FN static float dot_f16_1acc(int64_t n, const uint16_t *w, const uint16_t *x)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm256_fmadd_ps(ld_h(w + i), ld_h(x + i), acc);
+	float s = hsum8(acc);
+	for (; i < n; i++)
+		s += h2f(w[i]) * h2f(x[i]);
+	return s;
 }
 
 AVX2_FN static float dot_f16(int64_t n, const uint16_t *w, const uint16_t *x)
@@ -357,6 +412,81 @@ AVX2_FN static void dot4_q4_k(int64_t n, const void *wv, const void *xv, size_t 
 		out[k] = hsum8(acc[k]) + hsum4(acc_m[k]);
 }
 
+/* ------------------------------------------------------- swiglu (exp) */
+
+/* ggml's ggml_v_expf (x86 AVX2+FMA, MIT licence, same op sequence): the
+ * exp llama.cpp uses in silu; bitwise rt_k_expf_ggml. */
+AVX2_INLINE __m256 v_expf(__m256 x)
+{
+	const __m256 r = _mm256_set1_ps(0x1.8p23f);
+	const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+	const __m256 n = _mm256_sub_ps(z, r);
+	const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+					  _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+	const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+	const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+	const __m256i c = _mm256_castps_si256(
+		_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ));
+	const __m256 u = _mm256_mul_ps(b, b);
+	const __m256 j = _mm256_fmadd_ps(
+		_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
+				u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+		u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+	if (!_mm256_movemask_ps(_mm256_castsi256_ps(c)))
+		return _mm256_fmadd_ps(j, k, k);
+	const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+					   _mm256_set1_epi32((int)0x82000000u));
+	const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+	const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+	const __m256i d = _mm256_castps_si256(
+		_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(192), _CMP_GT_OQ));
+	return _mm256_or_ps(
+		_mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
+		_mm256_andnot_ps(_mm256_castsi256_ps(d),
+				 _mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(c),
+							    _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+					      _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
+}
+
+AVX2_FN static double exp_sum(float *x, int64_t n, float max)
+{
+	const __m256 mv = _mm256_set1_ps(max);
+	double sum = 0;
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		const __m256 v = v_expf(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+		_mm256_storeu_ps(x + i, v);
+		__m128 t = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+		t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+		t = _mm_add_ss(t, _mm_movehdup_ps(t));
+		sum += (double)_mm_cvtss_f32(t);
+	}
+	if (i < n) { /* a partial chunk: the masked rest counts as 0 */
+		float v[8] = {0};
+		for (int l = 0; i + l < n; l++)
+			x[i + l] = v[l] = rt_k_expf_ggml(x[i + l] - max);
+		float t0 = v[4] + v[0], t1 = v[5] + v[1], t2 = v[6] + v[2], t3 = v[7] + v[3];
+		sum += (double)((t0 + t2) + (t1 + t3));
+	}
+	return sum;
+}
+
+AVX2_FN static void swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+	const __m256 one = _mm256_set1_ps(1.f);
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		const __m256 x = _mm256_loadu_ps(gate + i);
+		const __m256 e = v_expf(_mm256_sub_ps(_mm256_setzero_ps(), x));
+		const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+		_mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+	}
+	for (; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + rt_k_expf_ggml(0.f - g)) * up[i];
+	}
+}
+
 /* ------------------------------------------------------------------ Q6_K */
 
 /* The 4 x 32 6-bit quants (unsigned, 0..63) of one 128-element half. */
@@ -377,12 +507,21 @@ AVX2_INLINE void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i q[4])
 	q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4), h3);
 }
 
-/* sum over the 32 elements of scale(l/16) * (q6 - 32) * q8, as 8 int32. */
+/* sum over the 32 elements of scale(l/16) * q6 * q8 (q6 unsigned 0..63), as
+ * 8 int32 lanes of 4 elements each; the -32 offset is applied per block from
+ * the Q8_K block sums (q6k_offset), as ggml does: the lanes then hold the
+ * same integers as ggml's, so the float accumulation is bitwise the same. */
 AVX2_INLINE __m256i q6k_chunk(__m256i q6, __m256i q8, __m256i sc)
 {
-	const __m256i m32 = _mm256_set1_epi8(32);
-	__m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q6, q8), _mm256_maddubs_epi16(m32, q8));
-	return _mm256_madd_epi16(p, sc);
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc);
+}
+
+/* 32 * (bsums[2l] * sc[2l] + bsums[2l+1] * sc[2l+1]) in lane l. */
+AVX2_INLINE __m256i q6k_offset(const int8_t *scales, const int16_t *bsums)
+{
+	const __m256i q8sums = _mm256_loadu_si256((const __m256i *)bsums);
+	const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales));
+	return _mm256_slli_epi32(_mm256_madd_epi16(q8sums, sc16), 5);
 }
 
 AVX2_INLINE __m256i q6k_scale(const int8_t *sc)
@@ -408,6 +547,7 @@ AVX2_FN static float dot_q6_k(int64_t n, const void *wv, const void *xv)
 				sumi = _mm256_add_epi32(sumi, q6k_chunk(q[c], y, q6k_scale(sc + 2 * c)));
 			}
 		}
+		sumi = _mm256_sub_epi32(sumi, q6k_offset(w[b].scales, x[b].bsums));
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
 	}
 	return hsum8(acc);
@@ -442,8 +582,10 @@ AVX2_FN static void dot4_q6_k(int64_t n, const void *wv, const void *xv, size_t 
 		}
 		const float wd = h2f(w[b].d);
 		_Pragma("GCC unroll 4")
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 4; k++) {
+			sumi[k] = _mm256_sub_epi32(sumi[k], q6k_offset(w[b].scales, x[k][b].bsums));
 			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(x[k][b].d * wd), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+		}
 	}
 	_Pragma("GCC unroll 4")
 	for (int k = 0; k < 4; k++)
@@ -520,8 +662,13 @@ AVX2_FN static void axpy_f16(int64_t n, float a, const uint16_t *v, float *y)
 
 const struct rt_kfuncs rt_kfuncs_avx2 = {
 	.dot_f32 = dot_f32,
+	.dot_f32_ggml = dot_f32_ggml,
 	.gemm_f32 = gemm_f32,
 	.dot_f16 = dot_f16,
+	.swiglu = swiglu,
+	.exp_sum = exp_sum,
+	.dot_f16_ggml = dot_f16_ggml,
+	.dot_f16_1acc = dot_f16_1acc,
 	.dot_q8_0 = dot_q8_0,
 	.dot_q4_0 = dot_q4_0,
 	.dot_q4_k = dot_q4_k,

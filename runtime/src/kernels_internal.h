@@ -8,7 +8,14 @@
 
 struct rt_kfuncs {
 	float (*dot_f32)(int64_t n, const float *w, const float *x);
+	/* F32 dot in ggml_vec_dot_f32's AVX2 order (rt_k_dot_f32_ggml): the
+	 * single-token F32 matmul, as llama.cpp's decode. */
+	float (*dot_f32_ggml)(int64_t n, const float *w, const float *x);
 	float (*dot_f16)(int64_t n, const uint16_t *w, const uint16_t *x);
+	/* F16 dots in llama.cpp's x86 orders: ggml_vec_dot_f16 (one token) and
+	 * llamafile tinyBLAS (one 8-lane accumulator, a batch). */
+	float (*dot_f16_ggml)(int64_t n, const uint16_t *w, const uint16_t *x);
+	float (*dot_f16_1acc)(int64_t n, const uint16_t *w, const uint16_t *x);
 	float (*dot_q8_0)(int64_t n, const void *w, const void *x);
 	float (*dot_q4_0)(int64_t n, const void *w, const void *x);
 	float (*dot_q4_k)(int64_t n, const void *w, const void *x);
@@ -30,6 +37,12 @@ struct rt_kfuncs {
 	void (*gemm_f32)(int64_t n, const float *w, size_t ws, int64_t nr, const float *x,
 			 size_t xs, int64_t nt, float *y, int64_t ldy);
 	void (*quant_q8_0)(const float *x, void *y, int64_t n);
+	/* rt_k_swiglu, bitwise equal in every ISA. */
+	void (*swiglu)(float *out, const float *gate, const float *up, int64_t n);
+	/* X[i] = exp(X[i] - MAX) (ggml_v_expf) for i < N; returns the sum in
+	 * ggml_vec_soft_max_f32's order (chunks of 8 from 0). Bitwise equal in
+	 * every ISA. */
+	double (*exp_sum)(float *x, int64_t n, float max);
 	void (*f32_to_f16)(const float *x, uint16_t *y, int64_t n);
 	void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
 	void (*axpy_f32)(int64_t n, float a, const float *v, float *y);

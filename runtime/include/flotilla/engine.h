@@ -38,6 +38,10 @@ struct rt_engine_opts {
 	int n_threads;   /* 0: online CPUs */
 	int n_batch;     /* tokens per forward chunk (prompt eval); 0: 64 */
 	uint32_t kv_type; /* RT_GGML_TYPE_F16 (default, as llama.cpp) or F32 */
+	/* Sum Q4_0/Q4_K layer matrices in the order of llama.cpp's x86
+	 * repacked kernels (RT_K_GGML_REPACK, kernels.h): bitwise conformance
+	 * with an AVX2 llama.cpp, at scalar speed for those matrices. */
+	bool ggml_repack_order;
 };
 
 /* Defaults (all zero fields above, kv_type F16). */
@@ -104,11 +108,13 @@ int rt_engine_n_threads(const struct rt_engine *e);
  * `flotilla-agent run-model` (ARGV[0] is the command name):
  *   -m MODEL (-p TEXT | -i IDS) [-n N=64] [-t T=2] [-o REPORT]
  *   [--logits F] [--logits-prompt F] [--no-bos] [--no-parse-special]
- *   [--kv-f16] [--fa off] [--stop-eog] [-v]
+ *   [--kv-f16] [--fa off] [--stop-eog] [--no-repack] [-v]
  * Greedy (argmax, ties to the lowest id) for N tokens after the prompt; KV
- * cache F32 unless --kv-f16. The report ("flotilla 1", "n_vocab V",
- * "prompt n ids...", "gen n ids...", "timing ...") goes to -o REPORT or to
- * OUT; --logits / --logits-prompt get n_vocab raw little-endian floats (the
+ * cache F32 unless --kv-f16. Q4_0/Q4_K layer matrices are summed in the
+ * order of llama.cpp's repacked x86 kernels (ggml_repack_order) unless
+ * --no-repack (the order of llama.cpp with repacking off, llref --no-repack).
+ * The report ("flotilla 1", "n_vocab V", "prompt n ids...", "gen n ids...",
+ * "timing ...") goes to -o REPORT or to OUT; --logits / --logits-prompt get n_vocab raw little-endian floats (the
  * distribution of the last generated token / at the last prompt position).
  * Returns 0, or a negative code with a one-line message in ERR (ERR_SIZE
  * bytes; may be NULL). Prints nothing else. */

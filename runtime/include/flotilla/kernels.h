@@ -79,6 +79,15 @@ float rt_k_vec_dot(uint32_t wtype, int64_t n, const void *w, const void *xq);
 void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int64_t r0,
 		 int64_t r1, const void *xq, size_t xq_stride, int64_t nt, float *y, int64_t ldy);
 
+/* OR'ed into RT_GGML_TYPE_Q4_0 or _Q4_K as the weight type of rt_k_matmul /
+ * rt_k_vec_dot / rt_k_dot_type / rt_k_quantize_act: sum the blocks in the
+ * order of llama.cpp's x86 repacked kernels (ggml_gemv/gemm_q4_0_8x8_q8_0,
+ * _q4_K_8x8_q8_K, which llama.cpp uses for such weights with rows % 8 == 0
+ * on AVX2): per row, acc = fma(block integer sum, d_w * d_x, acc) block
+ * after block (Q4_K: mins in a second accumulator, subtracted at the end).
+ * Portable scalar code: for conformance runs, not speed. */
+#define RT_K_GGML_REPACK 0x10000u
+
 /* Row R of W as floats (embedding lookup): OUT gets N floats. */
 void rt_k_get_row(uint32_t wtype, const void *w, size_t row_bytes, int64_t r, int64_t n,
 		  float *out);
@@ -95,8 +104,21 @@ void rt_k_f16_to_f32(const uint16_t *x, float *y, int64_t n);
 /* Y = X / sqrt(mean(X^2) + EPS) * W (W may be NULL: no scaling). Y may be X.
  * Mean accumulated in double, as ggml. */
 void rt_k_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
-/* In place: X = softmax(X * SCALE). Sum in double. N >= 1. */
+/* In place: X = softmax(X * SCALE), as ggml's AVX2 soft_max: exp by
+ * rt_k_expf_ggml, sums of 8 in float added in double. N >= 1. */
 void rt_k_softmax(float *x, int64_t n, float scale);
+/* ggml's vectorized exp (ggml_v_expf of the x86 AVX2 build), one element:
+ * within 2 ulp of expf, bitwise what llama.cpp uses in softmax and silu. */
+float rt_k_expf_ggml(float x);
+/* Dot product of N floats in the order of ggml_vec_dot_f32 on AVX2 (4 x 8
+ * lanes, FMA, fixed reduction): bitwise llama.cpp's attention scores. */
+float rt_k_dot_f32_ggml(int64_t n, const float *x, const float *y);
+/* Attention value sum, F32 cache: OUT[d] = sum_i P[i] * V[i * V_STRIDE + d]
+ * for d < HD, i < N, accumulated like llama.cpp's non-flash attention on
+ * x86: ggml_vec_dot_f32 order for a single token (BATCHED false), llamafile
+ * tinyBLAS order (one 8-lane accumulator) for a batch. */
+void rt_k_attn_pv_ggml(const float *p, int64_t n, const float *v, size_t v_stride, int64_t hd,
+		       bool batched, float *out);
 /* OUT = silu(GATE) * UP, silu(g) = g / (1 + exp(-g)). OUT may alias GATE. */
 void rt_k_swiglu(float *out, const float *gate, const float *up, int64_t n);
 /* In place silu. */

@@ -438,7 +438,16 @@ static void test_batch_threads_determinism(void **state)
 		for (int t = 0; t < NP; t++) {
 			assert_int_equal(rt_engine_eval(b, &k_prompt[t], 1, false), 0);
 			double dd = max_diff(rt_engine_logits(a, t), rt_engine_logits(b, -1), NV);
-			if (dd > 1e-5)
+			/* F32/F16 weights: one token uses ggml_vec_dot_f32/f16's
+			 * order, a batch tinyBLAS's (as llama.cpp), so they differ
+			 * in the last bits (F32: up to 1e-4 here; F16: 1.5e-3, the
+			 * next layer's rounding to F16 amplifies them, llama.cpp's
+			 * own spread is the same); the quantized types share one
+			 * order. */
+			double tol = types[ti] == RT_GGML_TYPE_F32   ? 1e-3
+				     : types[ti] == RT_GGML_TYPE_F16 ? 5e-3
+								     : 1e-5;
+			if (dd > tol)
 				fail_msg("%s pos %d: batched vs single max diff %g", rt_ggml_type_name(types[ti]), t, dd);
 		}
 		rt_engine_free(a);

@@ -447,6 +447,107 @@ static void rope_ref(double *v, int head_dim, int n_rot, int64_t pos, enum rt_ro
 	(void)head_dim;
 }
 
+/* The llama.cpp-order kernels: ggml's polynomial exp, the AVX2 swiglu and
+ * the ggml-order dot products against their scalar emulations (bitwise),
+ * and against double references. */
+static void test_ggml_order(void **state)
+{
+	(void)state;
+	/* exp: close to libm over the softmax range, exact edge cases */
+	for (int i = -4000; i <= 800; i++) {
+		float x = (float)i * 0.02f;
+		double want = exp((double)x);
+		float got = rt_k_expf_ggml(x);
+		if (fabs(got - want) > 3e-7 * want + 1e-38)
+			fail_msg("expf_ggml(%g) = %.9g want %.9g", (double)x, (double)got, want);
+	}
+	assert_true(rt_k_expf_ggml(-INFINITY) == 0.0f);
+	assert_true(rt_k_expf_ggml(0.0f) == 1.0f);
+	assert_true(rt_k_expf_ggml(-200.0f) == 0.0f);
+	assert_true(isinf(rt_k_expf_ggml(100.0f)));
+	/* a known lane-order value: (1e8 + 1) - 1e8 summed by lanes */
+	{
+		float x[40], y[40];
+		for (int i = 0; i < 40; i++) {
+			x[i] = 0.0f;
+			y[i] = 1.0f;
+		}
+		x[0] = 1e8f;  /* acc0 lane 0 */
+		x[16] = 1.0f; /* acc2 lane 0: (acc0 + acc2) rounds the 1 away */
+		x[32] = -1e8f; /* leftover */
+		assert_true(rt_k_dot_f32_ggml(40, x, y) == 0.0f);
+		x[16] = 0.0f;
+		x[4] = 1.0f; /* acc0 lane 4: also lost */
+		assert_true(rt_k_dot_f32_ggml(40, x, y) == 0.0f);
+	}
+	enum { N = 2048 + 40 };
+	float a[N], b[N], c[N], o1[N], o2[N];
+	fill_f(a, N, 8.0f);
+	fill_f(b, N, 2.0f);
+	fill_f(c, N, 1.0f);
+	/* swiglu: SIMD == scalar, bitwise, and close to the libm formula */
+	rt_k_swiglu(o1, a, b, N);
+	rt_kernels_force_scalar(true);
+	rt_k_swiglu(o2, a, b, N);
+	rt_kernels_force_scalar(false);
+	assert_memory_equal(o1, o2, sizeof(o1));
+	for (int i = 0; i < N; i++) {
+		double want = a[i] / (1.0 + exp(-(double)a[i])) * b[i];
+		assert_true(fabs(o1[i] - want) <= 1e-5 * fabs(want) + 1e-7);
+	}
+	/* softmax: SIMD == scalar, bitwise, for full and partial chunks */
+	for (int n = 1; n <= 70; n += 23) {
+		memcpy(o1, a, sizeof(float) * (size_t)n);
+		memcpy(o2, a, sizeof(float) * (size_t)n);
+		rt_k_softmax(o1, n, 0.3f);
+		rt_kernels_force_scalar(true);
+		rt_k_softmax(o2, n, 0.3f);
+		rt_kernels_force_scalar(false);
+		assert_memory_equal(o1, o2, sizeof(float) * (size_t)n);
+	}
+	/* F32 single-token matmul == rt_k_dot_f32_ggml, bitwise */
+	for (int n = 8; n <= 2048 + 40; n += 520) {
+		float y[3];
+		float w[3 * (2048 + 40)];
+		fill_f(w, 3 * n, 1.0f);
+		rt_k_matmul(RT_GGML_TYPE_F32, w, (size_t)n * sizeof(float), n, 0, 3, a, 0, 1, y, 3);
+		for (int r = 0; r < 3; r++) {
+			float want = rt_k_dot_f32_ggml(n, w + r * n, a);
+			if (memcmp(&y[r], &want, sizeof(want)) != 0)
+				fail_msg("n %d row %d: %.9g vs %.9g", n, r, (double)y[r], (double)want);
+			double ref = 0, mag = 0;
+			for (int i = 0; i < n; i++) {
+				ref += (double)w[r * n + i] * a[i];
+				mag += fabs((double)w[r * n + i] * a[i]);
+			}
+			assert_true(fabs(y[r] - ref) <= 2e-6 * mag + 1e-6);
+		}
+	}
+	/* attention value sums, both orders, against double */
+	for (int n = 1; n <= 300; n += 37) {
+		enum { HD = 24, ST = 40 };
+		static float v[300 * ST];
+		float p[300], out1[HD], out2[HD];
+		fill_f(v, 300 * ST, 1.0f);
+		for (int i = 0; i < n; i++)
+			p[i] = fabsf(rnd_f());
+		rt_k_attn_pv_ggml(p, n, v, ST, HD, false, out1);
+		rt_k_attn_pv_ggml(p, n, v, ST, HD, true, out2);
+		for (int d = 0; d < HD; d++) {
+			double ref = 0, mag = 0;
+			for (int i = 0; i < n; i++) {
+				ref += (double)p[i] * v[i * ST + d];
+				mag += fabs((double)p[i] * v[i * ST + d]);
+			}
+			assert_true(fabs(out1[d] - ref) <= 2e-6 * mag + 1e-7);
+			assert_true(fabs(out2[d] - ref) <= 2e-6 * mag + 1e-7);
+		}
+		/* up to 8 terms both orders add each term to its own lane: equal */
+		if (n <= 8)
+			assert_memory_equal(out1, out2, sizeof(out1));
+	}
+}
+
 static void test_rope(void **state)
 {
 	(void)state;
@@ -492,6 +593,7 @@ int main(void)
 		cmocka_unit_test(test_matmul),
 		cmocka_unit_test(test_elementwise),
 		cmocka_unit_test(test_rope),
+		cmocka_unit_test(test_ggml_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
