@@ -4,10 +4,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "agent.h"
 #include <flotilla/backend.h>
+#include <flotilla/runner.h>
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
@@ -45,20 +45,20 @@ int agent_model_file(const struct ota_manifest *m, const char **ret_path)
 	return 0;
 }
 
-void agent_backend_opts(const struct ota_manifest *m, struct rt_backend_opts *o)
+/* Peak resident memory of process PID (VmHWM), KiB; 0 when unknown. */
+static long peak_rss_kib(pid_t pid)
 {
-	rt_backend_opts_default(o);
-	int64_t v;
-	if (m->runtime && fl_json_get_int(m->runtime, "context_length", 16, 1 << 20, &v) == 0)
-		o->n_ctx = (int)v;
-	if (m->runtime && fl_json_get_int(m->runtime, "threads", 1, 256, &v) == 0)
-		o->n_threads = (int)v;
-}
-
-static long maxrss_kib(void)
-{
-	struct rusage ru;
-	return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0;
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long kib = 0;
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
 }
 
 int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, size_t why_len)
@@ -88,12 +88,12 @@ int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, s
 	}
 	rt_gguf_free(g);
 
-	struct rt_backend_opts opts;
-	agent_backend_opts(m, &opts);
-	long rss0 = maxrss_kib();
+	/* The tests run in a runner child process, as serving will: a model
+	 * that crashes or runs out of memory takes down the runner, not the
+	 * agent, and the memory budget is the runner's own peak RSS. */
 	int64_t t0 = fl_mono_ms();
-	struct rt_backend *b = NULL;
-	r = rt_backend_open("gguf", path, &opts, &b);
+	struct rt_runner *runner = NULL;
+	r = agent_runner_start(m, dir, &runner);
 	if (r < 0) {
 		snprintf(why, why_len, "%s does not load in the engine: %s", rel, fl_strerror(r));
 		return -FL_EACCEPT;
@@ -109,12 +109,17 @@ int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, s
 		req.max_tokens = t->max_tokens ? (int)t->max_tokens : 32;
 		struct rt_gen_result res = {0};
 		int64_t s = fl_mono_ns();
-		int k = rt_backend_generate(b, &req, &res);
+		int k = rt_runner_generate(runner, &req, &res);
 		int64_t us = (fl_mono_ns() - s) / 1000, ms = us / 1000;
-		long rss_mb = (maxrss_kib() - rss0) / 1024;
+		struct rt_runner_status st;
+		rt_runner_get_status(runner, &st);
+		long rss_mb = st.pid > 0 ? peak_rss_kib(st.pid) / 1024 : 0;
 		if (k < 0) {
-			snprintf(why, why_len, "test %zu %s: generation failed: %s", i + 1, label,
-				 fl_strerror(k));
+			char tail[160] = "";
+			if (k == -FL_ECRASH)
+				rt_runner_stderr_tail(runner, tail, sizeof(tail));
+			snprintf(why, why_len, "test %zu %s: generation failed: %s%s%s", i + 1, label,
+				 fl_strerror(k), tail[0] ? ": " : "", tail);
 			r = -FL_EACCEPT;
 		} else if (t->expect && !strstr(res.text, t->expect)) {
 			snprintf(why, why_len, "test %zu %s: output does not contain \"%.64s\" (got \"%.80s\")",
@@ -125,15 +130,15 @@ int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, s
 				 (long long)ms, (long long)(us % 1000), t->latency_budget_ms);
 			r = -FL_EACCEPT;
 		} else if (t->memory_budget_mb && rss_mb > (long)t->memory_budget_mb) {
-			snprintf(why, why_len, "test %zu %s: %ld MiB more memory, budget %u MiB", i + 1,
+			snprintf(why, why_len, "test %zu %s: peak RSS %ld MiB, budget %u MiB", i + 1,
 				 label, rss_mb, t->memory_budget_mb);
 			r = -FL_EACCEPT;
 		} else {
-			fl_info("acceptance: test %zu %s passed (%d tokens, %lld ms)", i + 1, label,
-				res.n_gen, (long long)ms);
+			fl_info("acceptance: test %zu %s passed (%d tokens, %lld ms, %ld MiB)", i + 1,
+				label, res.n_gen, (long long)ms, rss_mb);
 		}
 		rt_gen_result_free(&res);
 	}
-	rt_backend_close(b);
+	rt_runner_stop(runner, 5000);
 	return r;
 }

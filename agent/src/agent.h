@@ -58,6 +58,11 @@ struct ota_slots;
 struct agent_serving;
 struct rt_runner;
 
+/* Start a runner child process (this program in runner mode) for the model
+ * of M in directory DIR, with the manifest's runtime limits, and wait until
+ * it answers. Caller stops it with rt_runner_stop(). */
+int agent_runner_start(const struct ota_manifest *m, const char *dir, struct rt_runner **ret);
+
 /* Serving (serving.c). Start runners for every model's current slot and the
  * local API; stop everything. */
 int agent_serving_start(struct agent *a);
@@ -149,9 +154,6 @@ int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, s
 /* The model file of a manifest: runtime.model, else its only .gguf file.
  * -FL_EMISSING none, -FL_EDUP several and no runtime.model. */
 int agent_model_file(const struct ota_manifest *m, const char **ret_path);
-struct rt_backend_opts;
-/* Backend options from the manifest's runtime settings. */
-void agent_backend_opts(const struct ota_manifest *m, struct rt_backend_opts *o);
 
 /* `flotilla-agent run-model`: try a model before deploying it. */
 int agent_run_model(int argc, char **argv);

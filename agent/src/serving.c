@@ -46,7 +46,6 @@ struct agent_serving {
 	struct rt_serve_router *router;
 	struct rt_serve *srv;
 	struct served m[SERVING_MAX_MODELS];
-	char exe[PATH_MAX];
 	char socket_path[1200];
 	pthread_mutex_t status_lock; /* status */
 	char *status;                /* /v1/status body */
@@ -135,23 +134,22 @@ static int ops_list(void *ud, char (*ids)[RT_SERVE_MODEL_ID_BYTES], int max)
 	return router_ops.list_models(router_ud, ids, max);
 }
 
-static int start_runner(struct agent *a, const char *model, char slot,
-			const struct ota_manifest *m, struct rt_runner **ret)
+int agent_runner_start(const struct ota_manifest *m, const char *dir, struct rt_runner **ret)
 {
-	struct agent_serving *s = a->serving;
-	struct ota_slots *slots = NULL;
-	int r = ota_slots_open(a->models_dir, model, &slots);
-	if (r < 0)
-		return r;
 	const char *rel = NULL;
-	r = agent_model_file(m, &rel);
-	_cleanup_free_ char *path = r == 0 ? fl_path_join(ota_slots_dir(slots, slot), rel) : NULL;
-	ota_slots_free(slots);
+	int r = agent_model_file(m, &rel);
 	if (r < 0)
 		return r;
+	_cleanup_free_ char *path = fl_path_join(dir, rel);
 	if (!path)
 		return -ENOMEM;
-	struct rt_runner_config rc = {.exe = s->exe, .backend = "gguf", .model_path = path};
+	/* The runner is this very program in runner mode. */
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return -errno;
+	exe[n] = '\0';
+	struct rt_runner_config rc = {.exe = exe, .backend = "gguf", .model_path = path};
 	rt_runner_limits_default(&rc.limits);
 	int64_t v;
 	const cJSON *lim = NULL;
@@ -178,13 +176,26 @@ static int start_runner(struct agent *a, const char *model, char slot,
 	if (r < 0) {
 		char tail[512];
 		rt_runner_stderr_tail(runner, tail, sizeof(tail));
-		fl_err("serve %s: runner on slot %c did not start: %s %s", model, slot,
-		       fl_strerror(r), tail);
+		fl_err("runner for %s did not start: %s %s", path, fl_strerror(r), tail);
 		rt_runner_stop(runner, STOP_GRACE_MS);
 		return r;
 	}
 	*ret = runner;
 	return 0;
+}
+
+static int start_runner(struct agent *a, const char *model, char slot,
+			const struct ota_manifest *m, struct rt_runner **ret)
+{
+	struct ota_slots *slots = NULL;
+	int r = ota_slots_open(a->models_dir, model, &slots);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *dir = strdup(ota_slots_dir(slots, slot));
+	ota_slots_free(slots);
+	if (!dir)
+		return -ENOMEM;
+	return agent_runner_start(m, dir, ret);
 }
 
 struct start_ctx {
@@ -241,13 +252,11 @@ int agent_serving_start(struct agent *a)
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->status_lock, NULL);
-	ssize_t n = readlink("/proc/self/exe", s->exe, sizeof(s->exe) - 1);
-	int r = n > 0 ? rt_serve_router_new(&s->router) : -errno;
+	int r = rt_serve_router_new(&s->router);
 	if (r < 0) {
 		free(s);
 		return r;
 	}
-	s->exe[n] = '\0';
 	a->serving = s;
 	struct start_ctx ctx = {.a = a};
 	journal_models(a->journal, start_model, &ctx);

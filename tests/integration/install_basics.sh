@@ -139,6 +139,9 @@ check "reason names the test and the expectation" bash -c "'$AGENT' --state-dir 
 accept_bundle "$tmp/a-slow.tar" 7.0 7 '[{"name":"fast","prompt":"Hello","max_tokens":250,"latency_budget_ms":1}]'
 out=$(agent install "$tmp/a-slow.tar" 2>&1)
 check "latency over budget: refused" bash -c "'$AGENT' --state-dir '$S' --trust-dir '$T' status | grep -q 'budget 1 ms'"
+accept_bundle "$tmp/a-mem.tar" 8.0 8 '[{"name":"small","prompt":"Hello","max_tokens":4,"memory_budget_mb":1}]'
+out=$(agent install "$tmp/a-mem.tar" 2>&1)
+check "memory over budget (the runner's peak RSS): refused" bash -c "'$AGENT' --state-dir '$S' --trust-dir '$T' status | grep -q 'peak RSS [0-9]* MiB, budget 1 MiB'"
 check "good version still current" [ "$(cur_version)" = 5.0 ]
 
 # The service: bundles dropped into the spool directory get installed.
