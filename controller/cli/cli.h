@@ -12,6 +12,7 @@ int cli_push_main(int argc, char **argv);    /* flotilla push | bundle push */
 int cli_devices_main(int argc, char **argv); /* flotilla devices ... */
 int cli_deploy_main(int argc, char **argv);  /* flotilla deploy DEVICE MODEL@VERSION */
 int cli_revert_main(int argc, char **argv);  /* flotilla revert DEVICE MODEL */
+int cli_rollout_main(int argc, char **argv); /* flotilla rollout ... */
 
 /* Print "flotilla: " + message + ": " + fl_strerror(err) to stderr. */
 void cli_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

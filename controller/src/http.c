@@ -16,6 +16,7 @@
 #include <flotilla/util.h>
 
 #include "http.h"
+#include "rollout.h"
 
 #define API_PREFIX "/api/v1/"
 
@@ -35,7 +36,7 @@ struct ctl_http {
 	int cmd_wait_ms;
 };
 
-enum req_kind { REQ_PUSH, REQ_DEPLOY, REQ_REVERT };
+enum req_kind { REQ_PUSH, REQ_DEPLOY, REQ_REVERT, REQ_ROLLOUT_CREATE, REQ_ROLLOUT_ACTION };
 
 struct req {
 	enum req_kind kind;
@@ -47,6 +48,8 @@ struct req {
 	bool too_big;
 	bool write_failed;
 	const char *actor;
+	int64_t rollout_id;  /* REQ_ROLLOUT_ACTION */
+	char action[16];     /* REQ_ROLLOUT_ACTION */
 };
 
 /* ---------------------------------------------------------------- auth */
@@ -477,6 +480,154 @@ static enum MHD_Result finish_cmd(struct ctl_http *h, struct MHD_Connection *con
 	return respond_json(conn, r == 1 ? MHD_HTTP_OK : MHD_HTTP_ACCEPTED, o);
 }
 
+/* ---------------------------------------------------------------- rollouts */
+
+static unsigned rollout_status(int r)
+{
+	switch (-r) {
+	case ENOENT:
+		return MHD_HTTP_NOT_FOUND;
+	case FL_ESTATE:
+		return MHD_HTTP_CONFLICT;
+	case ENOMEM:
+	case FL_EDB:
+		return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	default:
+		return r <= -FL_EBASE || r == -EINVAL ? MHD_HTTP_BAD_REQUEST
+						      : MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+static enum MHD_Result start_body(struct MHD_Connection *conn, enum req_kind kind,
+				  const char *actor, void **con_cls, struct req **ret)
+{
+	if (!no_query(conn))
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+	int64_t declared;
+	if (cl && (fl_parse_i64(cl, 0, INT64_MAX, &declared) < 0 ||
+		   declared > CTL_ROLLOUT_BODY_MAX))
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	struct req *rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return MHD_NO;
+	rq->kind = kind;
+	rq->fd = -1;
+	rq->actor = actor;
+	*con_cls = rq;
+	if (ret)
+		*ret = rq;
+	return MHD_YES;
+}
+
+/* URL is what follows API_PREFIX "rollouts". */
+static enum MHD_Result route_rollouts(struct ctl_http *h, struct MHD_Connection *conn,
+				      const char *url, bool get, bool post, enum ctl_role role,
+				      const char *actor, void **con_cls)
+{
+	if (!*url) {
+		if (post) {
+			if (role != CTL_ROLE_OPERATOR)
+				return respond_error(conn, MHD_HTTP_FORBIDDEN,
+						     "this token may only read");
+			return start_body(conn, REQ_ROLLOUT_CREATE, actor, con_cls, NULL);
+		}
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (!no_query(conn))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+		cJSON *out = NULL;
+		int r = ctl_rollout_list(h->ctl, &out);
+		if (r < 0)
+			return respond_error(conn, rollout_status(r), fl_strerror(r));
+		return respond_json(conn, MHD_HTTP_OK, out);
+	}
+	if (*url != '/')
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	url++;
+	char idbuf[24];
+	const char *slash = strchr(url, '/');
+	size_t idlen = slash ? (size_t)(slash - url) : strlen(url);
+	int64_t id;
+	if (idlen == 0 || idlen >= sizeof(idbuf))
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such rollout");
+	memcpy(idbuf, url, idlen);
+	idbuf[idlen] = 0;
+	if (fl_parse_i64(idbuf, 1, INT64_MAX, &id) < 0)
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such rollout");
+	if (!slash) {
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		if (!no_query(conn))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+		cJSON *out = NULL;
+		int r = ctl_rollout_get(h->ctl, id, &out);
+		if (r < 0)
+			return respond_error(conn, rollout_status(r),
+					     r == -ENOENT ? "no such rollout" : fl_strerror(r));
+		return respond_json(conn, MHD_HTTP_OK, out);
+	}
+	const char *action = slash + 1;
+	if (strcmp(action, "pause") && strcmp(action, "resume") && strcmp(action, "abort") &&
+	    strcmp(action, "rollback"))
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	if (!post)
+		return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+	if (role != CTL_ROLE_OPERATOR)
+		return respond_error(conn, MHD_HTTP_FORBIDDEN, "this token may only read");
+	struct req *rq = NULL;
+	enum MHD_Result mr = start_body(conn, REQ_ROLLOUT_ACTION, actor, con_cls, &rq);
+	if (rq) {
+		rq->rollout_id = id;
+		fl_snprintf(rq->action, sizeof(rq->action), "%s", action);
+	}
+	return mr;
+}
+
+static enum MHD_Result finish_rollout(struct ctl_http *h, struct MHD_Connection *conn,
+				      struct req *rq)
+{
+	if (rq->too_big)
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	if (rq->write_failed)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	cJSON *out = NULL;
+	int r;
+	if (rq->kind == REQ_ROLLOUT_CREATE) {
+		r = ctl_rollout_create(h->ctl, rq->body.p ? rq->body.p : "", rq->body.len,
+				       rq->actor ? rq->actor : "", fl_now_s(), &out);
+		if (r == -ENOENT)
+			return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such bundle (push it first)");
+		if (r < 0) {
+			char msg[160];
+			fl_snprintf(msg, sizeof(msg), "bad rollout: %s (see docs/rollouts.md)",
+				    fl_strerror(r));
+			return respond_error(conn, rollout_status(r), msg);
+		}
+		return respond_json(conn, MHD_HTTP_CREATED, out);
+	}
+	/* An action takes no body, or an empty JSON object. */
+	if (rq->body.len) {
+		static const char *const none[] = {NULL};
+		cJSON *b = NULL;
+		r = fl_json_parse(rq->body.p, rq->body.len, CTL_HTTP_JSON_BODY_MAX, 2, &b);
+		if (r >= 0 && (!cJSON_IsObject(b) || fl_json_check_keys(b, none, NULL) < 0))
+			r = -FL_ESCHEMA;
+		cJSON_Delete(b);
+		if (r < 0)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "expected no body or {}");
+	}
+	r = ctl_rollout_action(h->ctl, rq->rollout_id, rq->action, rq->actor ? rq->actor : "",
+			       fl_now_s(), &out);
+	if (r < 0)
+		return respond_error(conn, rollout_status(r),
+				     r == -ENOENT	  ? "no such rollout"
+				     : r == -FL_ESTATE ? "not allowed in the rollout's current state"
+						       : fl_strerror(r));
+	return respond_json(conn, MHD_HTTP_OK, out);
+}
+
 /* ---------------------------------------------------------------- routing */
 
 static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, const char *url,
@@ -540,6 +691,9 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
 		return get_devices(h, conn);
 	}
+	if (!strncmp(url, API_PREFIX "rollouts", sizeof(API_PREFIX "rollouts") - 1))
+		return route_rollouts(h, conn, url + sizeof(API_PREFIX "rollouts") - 1, get, post,
+				      role, actor, con_cls);
 	static const char dev_prefix[] = API_PREFIX "devices/";
 	if (!strncmp(url, dev_prefix, sizeof(dev_prefix) - 1) &&
 	    strchr(url + sizeof(dev_prefix) - 1, '/')) {
@@ -592,7 +746,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		if (rq->too_big || rq->write_failed)
 			return MHD_YES; /* drain */
 		if (rq->kind != REQ_PUSH) {
-			if (rq->body.len + n > CTL_HTTP_JSON_BODY_MAX)
+			size_t max = rq->kind == REQ_ROLLOUT_CREATE ? CTL_ROLLOUT_BODY_MAX
+								    : CTL_HTTP_JSON_BODY_MAX;
+			if (rq->body.len + n > max)
 				rq->too_big = true;
 			else if (fl_buf_append(&rq->body, upload_data, n) < 0)
 				rq->write_failed = true;
@@ -607,6 +763,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		rq->got += n;
 		return MHD_YES;
 	}
+	if (rq->kind == REQ_ROLLOUT_CREATE || rq->kind == REQ_ROLLOUT_ACTION)
+		return finish_rollout(h, conn, rq);
 	if (rq->kind != REQ_PUSH)
 		return finish_cmd(h, conn, rq);
 	return finish_push(h, conn, rq);

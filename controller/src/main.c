@@ -28,8 +28,17 @@
 #include "ctl.h"
 #include "ctl_mqtt.h"
 #include "http.h"
+#include "rollout.h"
 
 #define TICK_MS 100
+#define ROLLOUT_TICK_MS 500
+
+/* The rollout engine's commands go out like the API's deploy/revert: queued
+ * on the MQTT session, not waited for (the loop publishes them). */
+static int rollout_send(void *ud, const char *device, const char *json, size_t len)
+{
+	return ctl_mqtt_command(ud, device, json, len, 0);
+}
 
 /* Start the MQTT session of [mqtt] (*RET stays NULL without one). */
 static int start_mqtt(struct ctl *c, const struct ctl_config *cfg, struct ctl_mqtt **ret)
@@ -191,6 +200,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	int64_t next_tick = fl_mono_ms() + TICK_MS;
+	int64_t next_rollout = fl_mono_ms() + ROLLOUT_TICK_MS;
 	for (;;) {
 		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN}};
 		int n = 1, mfds[2];
@@ -223,6 +233,12 @@ int main(int argc, char **argv)
 			if (r < 0)
 				fl_warn("telemetry commit failed: %s (records kept pending)",
 					fl_strerror(r));
+		}
+		if (mq && fl_mono_ms() >= next_rollout) {
+			next_rollout = fl_mono_ms() + ROLLOUT_TICK_MS;
+			r = ctl_rollout_tick(c, fl_now_s(), rollout_send, mq);
+			if (r < 0)
+				fl_warn("rollout tick: %s", fl_strerror(r));
 		}
 	}
 	close(sfd);

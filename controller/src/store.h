@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define CTL_DEVICE_ID_MAX 64
-#define CTL_STORE_SCHEMA_VERSION 1
+#define CTL_STORE_SCHEMA_VERSION 2
 
 /* A device as the registry keeps it (strings owned by the caller). */
 struct ctl_device {
@@ -81,6 +81,23 @@ struct ctl_device_filter {
 };
 #define CTL_STORE_LIST_MAX 10000
 
+/* One device as a rollout sees it (rollout_scan; strings valid during the
+ * callback only). */
+struct ctl_rollout_dev {
+	const char *id;
+	const char *labels_json;
+	const char *arch;            /* NULL when unknown */
+	bool online;
+	const char *current_version; /* of the rollout's model, NULL when absent */
+	const char *install_state;
+	const char *install_version;
+	bool sent;                   /* the rollout sent it a deploy */
+	int64_t sent_at;
+	bool reverted;               /* ... and later a revert */
+};
+typedef int (*ctl_rollout_scan_fn)(void *userdata, const struct ctl_rollout_dev *d);
+#define CTL_ROLLOUTS_MAX 10000
+
 struct ctl_store;
 
 struct ctl_store_ops {
@@ -123,6 +140,21 @@ struct ctl_store_ops {
 	/* {"online":N,"offline":N,"versions":[{"model","version","devices"}],
 	 *  "tele_records":N,"bundles":N,"gaps_missing":N} */
 	int (*metrics)(struct ctl_store *s, cJSON **ret);
+
+	/* Rollouts (docs/rollouts.md): BODY is the rollout's JSON document. */
+	int (*rollout_insert)(struct ctl_store *s, const char *body, int64_t now_s,
+			      int64_t *ret_id);
+	int (*rollout_update)(struct ctl_store *s, int64_t id, const char *body,
+			      int64_t now_s); /* -ENOENT */
+	int (*rollout_get)(struct ctl_store *s, int64_t id, char **ret); /* -ENOENT */
+	/* Up to MAX ids, ascending. */
+	int (*rollout_list)(struct ctl_store *s, int64_t *ids, size_t max, size_t *ret_n);
+	int (*rollout_mark)(struct ctl_store *s, int64_t id, const char *device, int64_t sent_at,
+			    bool reverted);
+	/* Call FN for every device with its state of MODEL and rollout ID's
+	 * record; FN's negative return stops the scan and is returned. */
+	int (*rollout_scan)(struct ctl_store *s, int64_t id, const char *model,
+			    ctl_rollout_scan_fn fn, void *ud);
 };
 
 struct ctl_store {

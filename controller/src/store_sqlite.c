@@ -75,6 +75,17 @@ static const char *const migrations[] = {
 	" actor TEXT NOT NULL,"
 	" action TEXT NOT NULL,"
 	" reason TEXT NOT NULL);",
+	/* 2: staged rollouts (docs/rollouts.md) */
+	"CREATE TABLE rollouts("
+	" id INTEGER PRIMARY KEY,"
+	" body TEXT NOT NULL,"
+	" updated INTEGER NOT NULL);"
+	"CREATE TABLE rollout_devices("
+	" rollout INTEGER NOT NULL REFERENCES rollouts(id),"
+	" device TEXT NOT NULL,"
+	" sent_at INTEGER NOT NULL,"
+	" reverted INTEGER NOT NULL DEFAULT 0,"
+	" PRIMARY KEY(rollout, device));",
 };
 
 enum {
@@ -104,6 +115,12 @@ enum {
 	Q_M_VERSIONS,
 	Q_M_BUNDLES,
 	Q_M_GAPS,
+	Q_RO_INSERT,
+	Q_RO_UPDATE,
+	Q_RO_GET,
+	Q_RO_LIST,
+	Q_RO_MARK,
+	Q_RO_SCAN,
 	Q_COUNT
 };
 
@@ -168,6 +185,20 @@ static const char *const queries[Q_COUNT] = {
 			 " ORDER BY model, current_version LIMIT 1000",
 	[Q_M_BUNDLES] = "SELECT COUNT(*) FROM bundles",
 	[Q_M_GAPS] = "SELECT COALESCE(SUM(missing_seqs), 0) FROM gaps",
+	[Q_RO_INSERT] = "INSERT INTO rollouts(id, body, updated)"
+			" VALUES((SELECT COALESCE(MAX(id), 0) + 1 FROM rollouts), ?1, ?2)"
+			" RETURNING id",
+	[Q_RO_UPDATE] = "UPDATE rollouts SET body = ?2, updated = ?3 WHERE id = ?1",
+	[Q_RO_GET] = "SELECT body FROM rollouts WHERE id = ?1",
+	[Q_RO_LIST] = "SELECT id, body FROM rollouts ORDER BY id LIMIT 10000",
+	[Q_RO_MARK] = "INSERT INTO rollout_devices(rollout, device, sent_at, reverted)"
+		      " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(rollout, device) DO UPDATE SET"
+		      " sent_at = excluded.sent_at, reverted = excluded.reverted",
+	[Q_RO_SCAN] = "SELECT d.id, d.labels, d.arch, d.online, m.current_version,"
+		      " m.install_state, m.install_version, r.sent_at, r.reverted"
+		      " FROM devices d"
+		      " LEFT JOIN device_models m ON m.device = d.id AND m.model = ?2"
+		      " LEFT JOIN rollout_devices r ON r.rollout = ?1 AND r.device = d.id",
 };
 
 struct sq_store {
@@ -798,6 +829,110 @@ static int sq_metrics(struct ctl_store *s, cJSON **ret)
 	return 0;
 }
 
+/* ---------------------------------------------------------------- rollouts */
+
+static int sq_rollout_insert(struct ctl_store *s, const char *body, int64_t now_s, int64_t *ret_id)
+{
+	sqlite3_stmt *st = q(s, Q_RO_INSERT);
+	bind_text(st, 1, body);
+	sqlite3_bind_int64(st, 2, now_s);
+	int r = sqlite3_step(st);
+	int64_t id = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	if (r == SQLITE_ROW)
+		r = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (r != SQLITE_DONE)
+		return -FL_EDB;
+	*ret_id = id;
+	return 0;
+}
+
+static int sq_rollout_update(struct ctl_store *s, int64_t id, const char *body, int64_t now_s)
+{
+	sqlite3_stmt *st = q(s, Q_RO_UPDATE);
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, body);
+	sqlite3_bind_int64(st, 3, now_s);
+	int r = step_done(st);
+	if (r < 0)
+		return r;
+	return sqlite3_changes(SQ(s)->db) == 1 ? 0 : -ENOENT;
+}
+
+static int sq_rollout_get(struct ctl_store *s, int64_t id, char **ret)
+{
+	sqlite3_stmt *st = q(s, Q_RO_GET);
+	sqlite3_bind_int64(st, 1, id);
+	int r = sqlite3_step(st);
+	int rc;
+	if (r == SQLITE_ROW) {
+		char *b = strdup(col_text(st, 0));
+		rc = b ? 0 : -ENOMEM;
+		if (b)
+			*ret = b;
+	} else {
+		rc = r == SQLITE_DONE ? -ENOENT : -FL_EDB;
+	}
+	sqlite3_reset(st);
+	return rc;
+}
+
+static int sq_rollout_list(struct ctl_store *s, int64_t *ids, size_t max, size_t *ret_n)
+{
+	sqlite3_stmt *st = q(s, Q_RO_LIST);
+	size_t n = 0;
+	int r;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW && n < max)
+		ids[n++] = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		return -FL_EDB;
+	*ret_n = n;
+	return 0;
+}
+
+static int sq_rollout_mark(struct ctl_store *s, int64_t id, const char *device, int64_t sent_at,
+			   bool reverted)
+{
+	sqlite3_stmt *st = q(s, Q_RO_MARK);
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, device);
+	sqlite3_bind_int64(st, 3, sent_at);
+	sqlite3_bind_int(st, 4, reverted ? 1 : 0);
+	return step_done(st);
+}
+
+static int sq_rollout_scan(struct ctl_store *s, int64_t id, const char *model,
+			   ctl_rollout_scan_fn fn, void *ud)
+{
+	sqlite3_stmt *st = q(s, Q_RO_SCAN);
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, model);
+	int r, rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		struct ctl_rollout_dev d = {
+			.id = col_text(st, 0),
+			.labels_json = col_text(st, 1),
+			.arch = col_text(st, 2),
+			.online = sqlite3_column_int(st, 3) != 0,
+			.current_version = col_text(st, 4),
+			.install_state = col_text(st, 5),
+			.install_version = col_text(st, 6),
+			.sent = sqlite3_column_type(st, 7) != SQLITE_NULL,
+			.sent_at = sqlite3_column_int64(st, 7),
+			.reverted = sqlite3_column_int(st, 8) != 0,
+		};
+		if (!d.id)
+			continue;
+		if ((rc = fn(ud, &d)) < 0)
+			break;
+	}
+	if (rc >= 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_reset(st);
+	return rc;
+}
+
 static const struct ctl_store_ops sq_ops = {
 	.close = sq_close,
 	.begin = sq_begin,
@@ -819,6 +954,12 @@ static const struct ctl_store_ops sq_ops = {
 	.audit = sq_audit,
 	.audit_count = sq_audit_count,
 	.metrics = sq_metrics,
+	.rollout_insert = sq_rollout_insert,
+	.rollout_update = sq_rollout_update,
+	.rollout_get = sq_rollout_get,
+	.rollout_list = sq_rollout_list,
+	.rollout_mark = sq_rollout_mark,
+	.rollout_scan = sq_rollout_scan,
 };
 
 /* ---------------------------------------------------------------- open */

@@ -1,0 +1,321 @@
+/* flotilla rollout create MODEL@VERSION --waves 10,50,100 [options]
+ * flotilla rollout list | status ID | pause ID | resume ID | abort ID | rollback ID
+ * Staged rollouts through the controller's API (docs/rollouts.md,
+ * /api/v1/rollouts in docs/api.md). */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/json.h>
+#include <flotilla/util.h>
+
+#include "cli.h"
+#include "http_client.h"
+
+#define NAME_MAX_LEN 64
+#define VERSION_MAX_LEN 64
+#define WAVES_MAX 16
+#define ARG_MAX_LEN 256
+
+FL_DEFINE_CLEANUP(cJSON, cJSON_Delete)
+
+static void usage(FILE *f)
+{
+	fputs("usage: flotilla rollout create MODEL@VERSION --waves W1,W2,... [options]\n"
+	      "       flotilla rollout list [--json]\n"
+	      "       flotilla rollout status ID [--json]\n"
+	      "       flotilla rollout pause|resume|abort|rollback ID [--json]\n"
+	      "\n"
+	      "create options:\n"
+	      "  --waves LIST            cumulative wave sizes, percent (last 100) or with --counts\n"
+	      "  --counts                the waves are device counts, not percentages\n"
+	      "  --soak SECONDS          wait after each wave before the next (default 300)\n"
+	      "  --max-concurrent N      installs in flight at once (default 100)\n"
+	      "  --max-failure-rate R    halt when failed/attempted > R, 0..1 (default 0.1)\n"
+	      "  --min-sample N          ... once at least N devices were attempted (default 5)\n"
+	      "  --select KEY=VALUE      only devices with this label (repeatable)\n"
+	      "  --arch ARCH             only devices of this architecture\n"
+	      "  --device ID             only these devices (repeatable)\n"
+	      "  --revert-on-halt        revert the devices that took it when the gate halts it\n"
+	      "common:\n"
+	      "  --controller URL  e.g. http://127.0.0.1:8080 (default $FLOTILLA_CONTROLLER)\n"
+	      "  --token TOKEN     bearer token (default $FLOTILLA_TOKEN)\n"
+	      "  --json            print the controller's JSON answer\n",
+	      f);
+}
+
+static bool version_ok(const char *v)
+{
+	size_t n = strlen(v);
+	if (n == 0 || n > VERSION_MAX_LEN)
+		return false;
+	for (; *v; v++)
+		if ((unsigned char)*v <= 0x20 || (unsigned char)*v >= 0x7f)
+			return false;
+	return true;
+}
+
+static int parse_waves(const char *s, cJSON *arr)
+{
+	if (strlen(s) > ARG_MAX_LEN)
+		return -FL_ETOOBIG;
+	char buf[ARG_MAX_LEN + 1];
+	fl_strlcpy(buf, s, sizeof(buf));
+	int n = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		int64_t v;
+		if (++n > WAVES_MAX || fl_parse_i64(tok, 1, 1000000, &v) < 0)
+			return -EINVAL;
+		if (!cJSON_AddItemToArray(arr, cJSON_CreateNumber((double)v)))
+			return -ENOMEM;
+	}
+	return n > 0 ? 0 : -EINVAL;
+}
+
+/* The rollout's one-line summary. */
+static void print_summary(const cJSON *o)
+{
+	const cJSON *cnt = cJSON_GetObjectItem(o, "counts");
+	const cJSON *waves = cJSON_GetObjectItem(o, "waves");
+	int wave = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(o, "wave"));
+	const char *unit = cJSON_GetStringValue(cJSON_GetObjectItem(o, "wave_unit"));
+	printf("rollout %.0f: %s@%s %s, wave %d of %d (%.0f%s)",
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "id")),
+	       cJSON_GetStringValue(cJSON_GetObjectItem(o, "model")),
+	       cJSON_GetStringValue(cJSON_GetObjectItem(o, "version")),
+	       cJSON_GetStringValue(cJSON_GetObjectItem(o, "state")), wave + 1,
+	       cJSON_GetArraySize(waves), cJSON_GetNumberValue(cJSON_GetArrayItem(waves, wave)),
+	       unit && !strcmp(unit, "count") ? " devices" : "%");
+	if (cnt)
+		printf(", %.0f targets, %.0f attempted, %.0f ok, %.0f failed, %.0f in progress",
+		       cJSON_GetNumberValue(cJSON_GetObjectItem(cnt, "targets")),
+		       cJSON_GetNumberValue(cJSON_GetObjectItem(cnt, "attempted")),
+		       cJSON_GetNumberValue(cJSON_GetObjectItem(cnt, "succeeded")),
+		       cJSON_GetNumberValue(cJSON_GetObjectItem(cnt, "failed")),
+		       cJSON_GetNumberValue(cJSON_GetObjectItem(cnt, "in_progress")));
+	printf("\n");
+	const char *reason = cJSON_GetStringValue(cJSON_GetObjectItem(o, "reason"));
+	if (reason)
+		printf("  %s\n", reason);
+}
+
+/* Do the request; print the answer. Returns the exit code. */
+static int call(const char *what, const char *url, const char *token, const char *method,
+		const char *path, const char *body, long want, bool json)
+{
+	struct cli_http_resp resp = {0};
+	char err[256] = "";
+	int r = body ? cli_http_post_json(url, path, cli_http_token(token), body, &resp, err,
+					  sizeof(err))
+		     : cli_http_request(method, url, path, cli_http_token(token), NULL, &resp, err,
+					sizeof(err));
+	if (r < 0) {
+		if (err[0])
+			cli_fail(0, "rollout %s: %s", what, err);
+		else
+			cli_fail(r, "rollout %s", what);
+		return 1;
+	}
+	_cleanup_free_ char *rbody = resp.body;
+	if (resp.status != want) {
+		char msg[512];
+		const char *e = cli_http_error_text(rbody, resp.len, msg, sizeof(msg));
+		cli_fail(0, "rollout %s: %s (HTTP %ld)", what, e ? e : "unexpected answer",
+			 resp.status);
+		return 1;
+	}
+	if (json) {
+		fputs(rbody, stdout);
+		return 0;
+	}
+	cJSON *o = NULL;
+	if (fl_json_parse(rbody, resp.len, CLI_HTTP_MAX_RESPONSE, 16, &o) < 0) {
+		cli_fail(0, "rollout %s: the controller's answer is not JSON", what);
+		return 1;
+	}
+	const cJSON *list = cJSON_GetObjectItem(o, "rollouts");
+	if (list) {
+		const cJSON *it;
+		cJSON_ArrayForEach(it, list)
+			print_summary(it);
+		if (cJSON_GetArraySize(list) == 0)
+			printf("no rollouts\n");
+	} else {
+		print_summary(o);
+	}
+	cJSON_Delete(o);
+	return 0;
+}
+
+static int create(int argc, char **argv, const char *url, const char *token, bool json)
+{
+	_cleanup_(cJSON_Deletep) cJSON *b = cJSON_CreateObject();
+	cJSON *labels = cJSON_CreateObject(), *devices = cJSON_CreateArray();
+	cJSON *waves = cJSON_CreateArray();
+	if (!b || !labels || !devices || !waves) {
+		cJSON_Delete(labels);
+		cJSON_Delete(devices);
+		cJSON_Delete(waves);
+		cli_fail(-ENOMEM, "rollout create");
+		return 1;
+	}
+	cJSON_AddItemToObject(b, "waves", waves);
+	cJSON *sel = cJSON_AddObjectToObject(b, "select");
+	cJSON_AddItemToObject(sel, "labels", labels);
+	cJSON_AddItemToObject(sel, "devices", devices);
+	const char *rel = NULL;
+	bool have_waves = false;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int64_t n;
+		if (!strcmp(a, "--waves") && v) {
+			if (parse_waves(v, waves) < 0) {
+				cli_fail(0, "rollout create: bad --waves '%s'", v);
+				return 2;
+			}
+			have_waves = true;
+			i++;
+		} else if (!strcmp(a, "--counts")) {
+			cJSON_AddStringToObject(b, "wave_unit", "count");
+		} else if ((!strcmp(a, "--soak") || !strcmp(a, "--max-concurrent") ||
+			    !strcmp(a, "--min-sample")) &&
+			   v) {
+			if (fl_parse_i64(v, 0, 100000000, &n) < 0) {
+				cli_fail(0, "rollout create: bad %s '%s'", a, v);
+				return 2;
+			}
+			cJSON_AddNumberToObject(b,
+						!strcmp(a, "--soak")	       ? "soak_s"
+						: !strcmp(a, "--max-concurrent") ? "max_concurrent"
+										 : "min_sample",
+						(double)n);
+			i++;
+		} else if (!strcmp(a, "--max-failure-rate") && v) {
+			char *end = NULL;
+			double d = strtod(v, &end);
+			if (!*v || *end || !isfinite(d) || d < 0 || d > 1) {
+				cli_fail(0, "rollout create: bad --max-failure-rate '%s' (0..1)", v);
+				return 2;
+			}
+			cJSON_AddNumberToObject(b, "max_failure_rate", d);
+			i++;
+		} else if (!strcmp(a, "--select") && v) {
+			const char *eq = strchr(v, '=');
+			if (!eq || eq == v || !eq[1] || strlen(v) > ARG_MAX_LEN) {
+				cli_fail(0, "rollout create: expected --select KEY=VALUE, got '%s'", v);
+				return 2;
+			}
+			char key[ARG_MAX_LEN + 1];
+			memcpy(key, v, (size_t)(eq - v));
+			key[eq - v] = 0;
+			cJSON_DeleteItemFromObject(labels, key);
+			cJSON_AddStringToObject(labels, key, eq + 1);
+			i++;
+		} else if (!strcmp(a, "--arch") && v) {
+			cJSON_AddStringToObject(sel, "arch", v);
+			i++;
+		} else if (!strcmp(a, "--device") && v) {
+			cJSON_AddItemToArray(devices, cJSON_CreateString(v));
+			i++;
+		} else if (!strcmp(a, "--revert-on-halt")) {
+			cJSON_AddBoolToObject(b, "revert_on_halt", true);
+		} else if (a[0] != '-' && !rel) {
+			rel = a;
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!rel || !have_waves) {
+		usage(stderr);
+		return 2;
+	}
+	const char *at = strchr(rel, '@');
+	size_t ml = at ? (size_t)(at - rel) : 0;
+	char model[NAME_MAX_LEN + 1];
+	if (!at || ml == 0 || ml > NAME_MAX_LEN || !version_ok(at + 1)) {
+		cli_fail(0, "rollout create: expected MODEL@VERSION, got '%s'", rel);
+		return 2;
+	}
+	memcpy(model, rel, ml);
+	model[ml] = 0;
+	if (!fl_name_valid(model, NAME_MAX_LEN)) {
+		cli_fail(0, "rollout create: '%s' is not a valid model name", model);
+		return 2;
+	}
+	cJSON_AddStringToObject(b, "model", model);
+	cJSON_AddStringToObject(b, "version", at + 1);
+	if (cJSON_GetArraySize(devices) == 0)
+		cJSON_DeleteItemFromObject(sel, "devices");
+	_cleanup_free_ char *text = cJSON_PrintUnformatted(b);
+	if (!text) {
+		cli_fail(-ENOMEM, "rollout create");
+		return 1;
+	}
+	return call("create", url, token, "POST", "/api/v1/rollouts", text, 201, json);
+}
+
+int cli_rollout_main(int argc, char **argv)
+{
+	const char *url = getenv("FLOTILLA_CONTROLLER"), *token = NULL;
+	bool json = false;
+	/* Pull out the common options; keep the rest in order. */
+	char **rest = calloc((size_t)argc + 1, sizeof(*rest));
+	if (!rest) {
+		cli_fail(-ENOMEM, "rollout");
+		return 1;
+	}
+	int nrest = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			free(rest);
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--controller") && i + 1 < argc) {
+			url = argv[++i];
+		} else if (!strcmp(a, "--token") && i + 1 < argc) {
+			token = argv[++i];
+		} else if (!strcmp(a, "--json")) {
+			json = true;
+		} else {
+			rest[nrest++] = argv[i];
+		}
+	}
+	int rc = 2;
+	const char *sub = nrest > 0 ? rest[0] : NULL;
+	if (!sub || !url || !*url) {
+		usage(stderr);
+	} else if (!strcmp(sub, "create")) {
+		rc = create(nrest - 1, rest + 1, url, token, json);
+	} else if (!strcmp(sub, "list") && nrest == 1) {
+		rc = call("list", url, token, "GET", "/api/v1/rollouts", NULL, 200, json);
+	} else if ((!strcmp(sub, "status") || !strcmp(sub, "pause") || !strcmp(sub, "resume") ||
+		    !strcmp(sub, "abort") || !strcmp(sub, "rollback")) &&
+		   nrest == 2) {
+		int64_t id;
+		if (fl_parse_i64(rest[1], 1, INT64_MAX, &id) < 0) {
+			cli_fail(0, "rollout %s: '%s' is not a rollout id", sub, rest[1]);
+		} else {
+			bool status = !strcmp(sub, "status");
+			char path[96];
+			if (status)
+				fl_snprintf(path, sizeof(path), "/api/v1/rollouts/%lld", (long long)id);
+			else
+				fl_snprintf(path, sizeof(path), "/api/v1/rollouts/%lld/%s",
+					    (long long)id, sub);
+			rc = call(sub, url, token, status ? "GET" : "POST", path,
+				  status ? NULL : "{}", 200, json);
+		}
+	} else {
+		usage(stderr);
+	}
+	free(rest);
+	return rc;
+}

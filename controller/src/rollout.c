@@ -1,0 +1,839 @@
+/* Staged rollouts: specification, operator actions and the engine's tick. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <flotilla/cleanup.h>
+#include <flotilla/error.h>
+#include <flotilla/json.h>
+#include <flotilla/util.h>
+
+#include "ctl_internal.h"
+#include "rollout.h"
+
+FL_DEFINE_CLEANUP(cJSON, cJSON_Delete)
+
+/* ---------------------------------------------------------------- helpers */
+
+static bool label_str_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > CTL_LABEL_VALUE_MAX)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+			return false;
+	return true;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double jnum(const cJSON *o, const char *k, double def)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+static bool jbool(const cJSON *o, const char *k)
+{
+	return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, k));
+}
+
+static int set_num(cJSON *o, const char *k, double v)
+{
+	cJSON *n = cJSON_CreateNumber(v);
+	if (!n)
+		return -ENOMEM;
+	if (cJSON_GetObjectItemCaseSensitive(o, k))
+		return cJSON_ReplaceItemInObjectCaseSensitive(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+	return cJSON_AddItemToObject(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+}
+
+static int set_str(cJSON *o, const char *k, const char *v)
+{
+	cJSON *n = v ? cJSON_CreateString(v) : cJSON_CreateNull();
+	if (!n)
+		return -ENOMEM;
+	if (cJSON_GetObjectItemCaseSensitive(o, k))
+		return cJSON_ReplaceItemInObjectCaseSensitive(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+	return cJSON_AddItemToObject(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+}
+
+static int set_bool(cJSON *o, const char *k, bool v)
+{
+	cJSON *n = cJSON_CreateBool(v);
+	if (!n)
+		return -ENOMEM;
+	if (cJSON_GetObjectItemCaseSensitive(o, k))
+		return cJSON_ReplaceItemInObjectCaseSensitive(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+	return cJSON_AddItemToObject(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
+}
+
+/* The version of the release for a device of ARCH ("*": every class). */
+static const char *release_version(const cJSON *body, const char *arch)
+{
+	const cJSON *b = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(body, "release"), "bundles");
+	const char *v = arch ? jstr(b, arch) : NULL;
+	return v ? v : jstr(b, "*");
+}
+
+static int store_body(struct ctl *c, int64_t id, const cJSON *body, int64_t now_s)
+{
+	_cleanup_free_ char *s = cJSON_PrintUnformatted(body);
+	if (!s)
+		return -ENOMEM;
+	return c->store->ops->rollout_update(c->store, id, s, now_s);
+}
+
+static int load_body(struct ctl *c, int64_t id, cJSON **ret)
+{
+	_cleanup_free_ char *s = NULL;
+	int r = c->store->ops->rollout_get(c->store, id, &s);
+	if (r < 0)
+		return r;
+	cJSON *o = cJSON_Parse(s);
+	if (!o)
+		return -FL_EDB; /* we wrote it: a bad body is a corrupt store */
+	*ret = o;
+	return 0;
+}
+
+static int audit(struct ctl *c, int64_t now_s, const char *actor, const char *action, int64_t id,
+		 const char *why)
+{
+	_cleanup_free_ char *reason = fl_asprintf("rollout %lld: %s", (long long)id, why);
+	if (!reason)
+		return -ENOMEM;
+	return c->store->ops->audit(c->store, now_s, actor ? actor : "", action, reason);
+}
+
+static cJSON *with_id(const cJSON *body, int64_t id)
+{
+	cJSON *o = cJSON_Duplicate(body, true);
+	if (o && set_num(o, "id", (double)id) < 0) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* ---------------------------------------------------------------- create */
+
+static int parse_select(const cJSON *sel, cJSON *out)
+{
+	static const char *const keys[] = {"labels", "arch", "devices", NULL};
+	if (!cJSON_IsObject(sel))
+		return -FL_ESCHEMA;
+	int r = fl_json_check_keys(sel, keys, NULL);
+	if (r < 0)
+		return r;
+	cJSON *labels = cJSON_AddObjectToObject(out, "labels");
+	if (!labels)
+		return -ENOMEM;
+	const cJSON *l = cJSON_GetObjectItemCaseSensitive(sel, "labels");
+	if (l) {
+		if (!cJSON_IsObject(l) || cJSON_GetArraySize(l) > CTL_ROLLOUT_SELECT_LABELS_MAX)
+			return -FL_ESCHEMA;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, l) {
+			if (!cJSON_IsString(it) || !label_str_ok(it->string) ||
+			    !label_str_ok(it->valuestring))
+				return -FL_ESCHEMA;
+			if (!cJSON_AddStringToObject(labels, it->string, it->valuestring))
+				return -ENOMEM;
+		}
+	}
+	const cJSON *a = cJSON_GetObjectItemCaseSensitive(sel, "arch");
+	if (a) {
+		if (!cJSON_IsString(a) || !fl_name_valid(a->valuestring, 64))
+			return -FL_ESCHEMA;
+		if (!cJSON_AddStringToObject(out, "arch", a->valuestring))
+			return -ENOMEM;
+	}
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(sel, "devices");
+	if (d) {
+		if (!cJSON_IsArray(d) || cJSON_GetArraySize(d) < 1 ||
+		    cJSON_GetArraySize(d) > CTL_ROLLOUT_SELECT_DEVICES_MAX)
+			return -FL_ESCHEMA;
+		cJSON *arr = cJSON_AddArrayToObject(out, "devices");
+		if (!arr)
+			return -ENOMEM;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, d) {
+			if (!cJSON_IsString(it) || !fl_name_valid(it->valuestring, CTL_DEVICE_ID_MAX))
+				return -FL_ESCHEMA;
+			cJSON *s = cJSON_CreateString(it->valuestring);
+			if (!s || !cJSON_AddItemToArray(arr, s)) {
+				cJSON_Delete(s);
+				return -ENOMEM;
+			}
+		}
+	}
+	return 0;
+}
+
+/* Validate the API body into a fresh rollout document. */
+static int parse_spec(const void *json, size_t len, int64_t now_s, const char *actor,
+		      cJSON **ret)
+{
+	static const char *const keys[] = {"model",	     "version",	       "select",
+					   "waves",	     "wave_unit",      "soak_s",
+					   "max_concurrent", "max_failure_rate", "min_sample",
+					   "revert_on_halt", NULL};
+	_cleanup_(cJSON_Deletep) cJSON *in = NULL;
+	int r = fl_json_parse(json, len, CTL_ROLLOUT_BODY_MAX, 6, &in);
+	if (r < 0)
+		return r;
+	if (!cJSON_IsObject(in))
+		return -FL_ESCHEMA;
+	if ((r = fl_json_check_keys(in, keys, NULL)) < 0)
+		return r;
+	const char *model, *version, *unit;
+	int64_t soak, maxc, mins;
+	double rate;
+	bool roh;
+	if ((r = fl_json_get_str(in, "model", &model)) < 0 ||
+	    (r = fl_json_get_str(in, "version", &version)) < 0 ||
+	    (r = fl_json_get_str_opt(in, "wave_unit", "percent", &unit)) < 0 ||
+	    (r = fl_json_get_int_opt(in, "soak_s", 0, CTL_ROLLOUT_SOAK_MAX_S, 300, &soak)) < 0 ||
+	    (r = fl_json_get_int_opt(in, "max_concurrent", 1, CTL_MAX_TRACKED_DEVICES, 100,
+				     &maxc)) < 0 ||
+	    (r = fl_json_get_double_opt(in, "max_failure_rate", 0.0, 1.0, 0.1, &rate)) < 0 ||
+	    (r = fl_json_get_int_opt(in, "min_sample", 1, CTL_MAX_TRACKED_DEVICES, 5, &mins)) <
+		    0 ||
+	    (r = fl_json_get_bool_opt(in, "revert_on_halt", false, &roh)) < 0)
+		return r;
+	if (!fl_name_valid(model, 64) || !ctl_version_valid(version))
+		return -EINVAL;
+	bool percent = !strcmp(unit, "percent");
+	if (!percent && strcmp(unit, "count"))
+		return -FL_ESCHEMA;
+	const cJSON *w;
+	if ((r = fl_json_get_arr(in, "waves", &w)) < 0)
+		return r;
+	int nw = cJSON_GetArraySize(w);
+	if (nw < 1 || nw > CTL_ROLLOUT_WAVES_MAX)
+		return -FL_ERANGE;
+	cJSON *out = cJSON_CreateObject();
+	if (!out)
+		return -ENOMEM;
+	_cleanup_(cJSON_Deletep) cJSON *o = out;
+	cJSON *waves = cJSON_AddArrayToObject(o, "waves");
+	if (!waves)
+		return -ENOMEM;
+	int64_t prev = 0;
+	const cJSON *it;
+	cJSON_ArrayForEach(it, w) {
+		if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble))
+			return -FL_ESCHEMA;
+		double v = it->valuedouble;
+		if (v <= (double)prev || v > (percent ? 100.0 : (double)CTL_MAX_TRACKED_DEVICES))
+			return -FL_ERANGE;
+		prev = (int64_t)v;
+		if (!cJSON_AddItemToArray(waves, cJSON_CreateNumber(v)))
+			return -ENOMEM;
+	}
+	if (percent && prev != 100)
+		return -FL_ERANGE;
+	cJSON *sel = cJSON_AddObjectToObject(o, "select");
+	if (!sel)
+		return -ENOMEM;
+	const cJSON *si = cJSON_GetObjectItemCaseSensitive(in, "select");
+	if (si && (r = parse_select(si, sel)) < 0)
+		return r;
+	else if (!si && !cJSON_AddObjectToObject(sel, "labels"))
+		return -ENOMEM;
+	cJSON *rel = cJSON_AddObjectToObject(o, "release");
+	cJSON *bundles = rel ? cJSON_AddObjectToObject(rel, "bundles") : NULL;
+	if (!bundles || !cJSON_AddStringToObject(rel, "model", model) ||
+	    !cJSON_AddStringToObject(bundles, "*", version) ||
+	    !cJSON_AddStringToObject(o, "model", model) ||
+	    !cJSON_AddStringToObject(o, "version", version) ||
+	    !cJSON_AddStringToObject(o, "wave_unit", unit) ||
+	    set_num(o, "soak_s", (double)soak) < 0 || set_num(o, "max_concurrent", (double)maxc) < 0 ||
+	    set_num(o, "max_failure_rate", rate) < 0 || set_num(o, "min_sample", (double)mins) < 0 ||
+	    set_bool(o, "revert_on_halt", roh) < 0 || set_str(o, "state", "running") < 0 ||
+	    set_num(o, "wave", 0) < 0 || set_num(o, "wave_started_at", (double)now_s) < 0 ||
+	    set_str(o, "wave_done_at", NULL) < 0 || set_num(o, "created_at", (double)now_s) < 0 ||
+	    set_str(o, "created_by", actor ? actor : "") < 0 ||
+	    set_str(o, "gate_crossed_at", NULL) < 0 || set_str(o, "halted_at", NULL) < 0 ||
+	    set_str(o, "reason", "created") < 0 || set_bool(o, "revert_pending", false) < 0 ||
+	    set_num(o, "updated_at", (double)now_s) < 0)
+		return -ENOMEM;
+	*ret = o;
+	o = NULL;
+	return 0;
+}
+
+int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *actor,
+		       int64_t now_s, cJSON **ret)
+{
+	if (!c || !json || !ret)
+		return -EINVAL;
+	_cleanup_(cJSON_Deletep) cJSON *body = NULL;
+	int r = parse_spec(json, len, now_s, actor, &body);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *text = cJSON_PrintUnformatted(body);
+	if (!text)
+		return -ENOMEM;
+	pthread_mutex_lock(&c->lock);
+	_cleanup_free_ char *env = NULL;
+	int64_t id = 0;
+	r = c->store->ops->bundle_envelope(c->store, jstr(body, "model"), jstr(body, "version"),
+					   &env);
+	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
+		r = c->store->ops->rollout_insert(c->store, text, now_s, &id);
+		if (r >= 0) {
+			_cleanup_free_ char *waves = cJSON_PrintUnformatted(
+				cJSON_GetObjectItemCaseSensitive(body, "waves"));
+			_cleanup_free_ char *sel = cJSON_PrintUnformatted(
+				cJSON_GetObjectItemCaseSensitive(body, "select"));
+			_cleanup_free_ char *why =
+				waves && sel
+					? fl_asprintf("created: %s@%s waves %s (%s) soak %.0f s, "
+						      "max concurrent %.0f, halt above failure "
+						      "rate %.3f (min sample %.0f)%s, select %s",
+						      jstr(body, "model"), jstr(body, "version"),
+						      waves, jstr(body, "wave_unit"),
+						      jnum(body, "soak_s", 0),
+						      jnum(body, "max_concurrent", 0),
+						      jnum(body, "max_failure_rate", 0),
+						      jnum(body, "min_sample", 0),
+						      jbool(body, "revert_on_halt")
+							      ? ", revert on halt"
+							      : "",
+						      sel)
+					: NULL;
+			r = why ? audit(c, now_s, actor, "rollout.create", id, why) : -ENOMEM;
+		}
+		if (r >= 0)
+			r = c->store->ops->commit(c->store);
+		if (r < 0)
+			c->store->ops->rollback(c->store);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0)
+		return r;
+	cJSON *o = with_id(body, id);
+	if (!o)
+		return -ENOMEM;
+	*ret = o;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+int ctl_rollout_get(struct ctl *c, int64_t id, cJSON **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	cJSON *body = NULL;
+	int r = load_body(c, id, &body);
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0)
+		return r;
+	r = set_num(body, "id", (double)id);
+	if (r < 0) {
+		cJSON_Delete(body);
+		return r;
+	}
+	*ret = body;
+	return 0;
+}
+
+int ctl_rollout_list(struct ctl *c, cJSON **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	_cleanup_free_ int64_t *ids = calloc(CTL_ROLLOUTS_MAX, sizeof(*ids));
+	_cleanup_(cJSON_Deletep) cJSON *o = cJSON_CreateObject();
+	cJSON *arr = o ? cJSON_AddArrayToObject(o, "rollouts") : NULL;
+	if (!ids || !arr)
+		return -ENOMEM;
+	size_t n = 0;
+	pthread_mutex_lock(&c->lock);
+	int r = c->store->ops->rollout_list(c->store, ids, CTL_ROLLOUTS_MAX, &n);
+	for (size_t i = 0; r >= 0 && i < n; i++) {
+		cJSON *b = NULL;
+		r = load_body(c, ids[i], &b);
+		if (r >= 0 && (r = set_num(b, "id", (double)ids[i])) >= 0)
+			r = cJSON_AddItemToArray(arr, b) ? 0 : -ENOMEM;
+		if (r < 0)
+			cJSON_Delete(b);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0)
+		return r;
+	*ret = o;
+	o = NULL;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- actions */
+
+int ctl_rollout_action(struct ctl *c, int64_t id, const char *action, const char *actor,
+		       int64_t now_s, cJSON **ret)
+{
+	if (!c || !action)
+		return -EINVAL;
+	const char *to;
+	if (!strcmp(action, "pause"))
+		to = "paused";
+	else if (!strcmp(action, "resume"))
+		to = "running";
+	else if (!strcmp(action, "abort"))
+		to = "aborted";
+	else if (!strcmp(action, "rollback"))
+		to = "rolled_back";
+	else
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	cJSON *body = NULL;
+	int r = load_body(c, id, &body);
+	if (r >= 0) {
+		const char *st = jstr(body, "state");
+		st = st ? st : "";
+		bool ok = !strcmp(action, "pause")	  ? !strcmp(st, "running")
+			  : !strcmp(action, "resume") ? !strcmp(st, "paused")
+			  : !strcmp(action, "abort")  ? (!strcmp(st, "running") ||
+							 !strcmp(st, "paused") ||
+							 !strcmp(st, "halted"))
+						      : strcmp(st, "rolled_back") != 0;
+		if (!ok)
+			r = -FL_ESTATE;
+	}
+	_cleanup_free_ char *why = NULL;
+	if (r >= 0) {
+		why = fl_asprintf("%s by operator: %s -> %s", action, jstr(body, "state"), to);
+		r = why ? 0 : -ENOMEM;
+	}
+	if (r >= 0 && (r = set_str(body, "state", to)) >= 0 &&
+	    (r = set_str(body, "reason", why)) >= 0 &&
+	    (r = set_num(body, "updated_at", (double)now_s)) >= 0 && !strcmp(action, "rollback"))
+		r = set_bool(body, "revert_pending", true);
+	if (r >= 0 && !strcmp(action, "resume"))
+		r = set_num(body, "wave_started_at", (double)now_s);
+	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
+		r = store_body(c, id, body, now_s);
+		if (r >= 0)
+			r = audit(c, now_s, actor, "rollout.action", id, why);
+		if (r >= 0)
+			r = c->store->ops->commit(c->store);
+		if (r < 0)
+			c->store->ops->rollback(c->store);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (r >= 0 && ret) {
+		r = set_num(body, "id", (double)id);
+		if (r >= 0) {
+			*ret = body;
+			body = NULL;
+		}
+	}
+	cJSON_Delete(body);
+	return r;
+}
+
+/* ---------------------------------------------------------------- engine */
+
+enum outcome { O_NONE, O_PROGRESS, O_OK, O_FAIL };
+
+struct target {
+	uint64_t hash;
+	char id[CTL_DEVICE_ID_MAX + 1];
+	char version[CTL_VERSION_MAX + 1];
+	enum outcome out;
+	bool sent, reverted, on_version;
+};
+
+struct scan {
+	const cJSON *body;
+	int64_t rid;
+	const cJSON *labels, *devices;
+	const char *arch;
+	struct target *t;
+	size_t n, cap;
+	int err;
+};
+
+static uint64_t fnv(int64_t rid, const char *id)
+{
+	uint64_t h = 1469598103934665603ULL;
+	char pre[24];
+	int n = fl_snprintf(pre, sizeof(pre), "%lld:", (long long)rid);
+	for (int i = 0; i < n; i++)
+		h = (h ^ (uint8_t)pre[i]) * 1099511628211ULL;
+	for (; *id; id++)
+		h = (h ^ (uint8_t)*id) * 1099511628211ULL;
+	return h;
+}
+
+static bool selected(struct scan *sc, const struct ctl_rollout_dev *d)
+{
+	if (sc->arch && (!d->arch || strcmp(sc->arch, d->arch)))
+		return false;
+	if (sc->devices) {
+		bool found = false;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, sc->devices) {
+			if (!strcmp(it->valuestring, d->id)) {
+				found = true;
+				break;
+			}
+		}
+		if (!found)
+			return false;
+	}
+	if (cJSON_GetArraySize(sc->labels) > 0) {
+		cJSON *l = d->labels_json ? cJSON_Parse(d->labels_json) : NULL;
+		bool ok = l != NULL;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, sc->labels) {
+			const char *v = ok ? jstr(l, it->string) : NULL;
+			if (!v || strcmp(v, it->valuestring))
+				ok = false;
+		}
+		cJSON_Delete(l);
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+static enum outcome classify(const struct ctl_rollout_dev *d, const char *version)
+{
+	if (d->install_version && !strcmp(d->install_version, version) && d->install_state) {
+		const char *s = d->install_state;
+		if (!strcmp(s, "COMMITTED"))
+			return O_OK;
+		if (!strcmp(s, "REJECTED") || !strcmp(s, "ROLLED_BACK") ||
+		    !strcmp(s, "REVERTING") || !strcmp(s, "FAILED"))
+			return O_FAIL;
+		return O_PROGRESS;
+	}
+	if (d->current_version && !strcmp(d->current_version, version))
+		return O_OK;
+	return d->sent ? O_PROGRESS : O_NONE;
+}
+
+static int scan_cb(void *ud, const struct ctl_rollout_dev *d)
+{
+	struct scan *sc = ud;
+	if (!d->sent && !selected(sc, d))
+		return 0;
+	const char *version = release_version(sc->body, d->arch);
+	if (!version || strlen(d->id) > CTL_DEVICE_ID_MAX)
+		return 0;
+	if (sc->n == sc->cap) {
+		size_t cap = sc->cap ? sc->cap * 2 : 256;
+		if (cap > CTL_MAX_TRACKED_DEVICES)
+			return -FL_ETOOBIG;
+		struct target *t = realloc(sc->t, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		sc->t = t;
+		sc->cap = cap;
+	}
+	struct target *t = &sc->t[sc->n++];
+	t->hash = fnv(sc->rid, d->id);
+	memcpy(t->id, d->id, strlen(d->id) + 1);
+	fl_snprintf(t->version, sizeof(t->version), "%s", version);
+	t->out = classify(d, version);
+	t->sent = d->sent;
+	t->reverted = d->reverted;
+	t->on_version = d->current_version && !strcmp(d->current_version, version);
+	return 0;
+}
+
+static int cmp_target(const void *a, const void *b)
+{
+	const struct target *x = a, *y = b;
+	if (x->hash != y->hash)
+		return x->hash < y->hash ? -1 : 1;
+	return strcmp(x->id, y->id);
+}
+
+struct send_item {
+	char id[CTL_DEVICE_ID_MAX + 1];
+	char version[CTL_VERSION_MAX + 1];
+	bool revert;
+};
+
+struct plan {
+	int64_t rid;
+	char model[65];
+	struct send_item *items;
+	size_t n;
+};
+
+static int plan_add(struct plan *p, const struct target *t, bool revert, size_t cap)
+{
+	if (!p->items) {
+		p->items = calloc(cap ? cap : 1, sizeof(*p->items));
+		if (!p->items)
+			return -ENOMEM;
+	}
+	struct send_item *it = &p->items[p->n++];
+	memcpy(it->id, t->id, sizeof(it->id));
+	memcpy(it->version, t->version, sizeof(it->version));
+	it->revert = revert;
+	return 0;
+}
+
+static size_t wave_size(const cJSON *body, int wave, size_t n)
+{
+	const cJSON *w = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(body, "waves"), wave);
+	double v = cJSON_IsNumber(w) ? w->valuedouble : 100.0;
+	const char *unit = jstr(body, "wave_unit");
+	if (unit && !strcmp(unit, "count"))
+		return v < (double)n ? (size_t)v : n;
+	size_t k = (size_t)ceil((double)n * v / 100.0);
+	return k < n ? k : n;
+}
+
+/* Decide for rollout RID (locked). Changes to BODY are stored and audited;
+ * the commands to send go to PLAN. */
+static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct plan *p)
+{
+	const char *state = jstr(body, "state");
+	bool running = state && !strcmp(state, "running");
+	bool reverting = jbool(body, "revert_pending") && state &&
+			 (!strcmp(state, "halted") || !strcmp(state, "rolled_back"));
+	if (!running && !reverting)
+		return 0;
+	const cJSON *sel = cJSON_GetObjectItemCaseSensitive(body, "select");
+	struct scan sc = {.body = body,
+			  .rid = rid,
+			  .labels = cJSON_GetObjectItemCaseSensitive(sel, "labels"),
+			  .devices = cJSON_GetObjectItemCaseSensitive(sel, "devices"),
+			  .arch = jstr(sel, "arch")};
+	const char *model = jstr(body, "model");
+	if (!model)
+		return -FL_EDB;
+	fl_snprintf(p->model, sizeof(p->model), "%s", model);
+	int r = c->store->ops->rollout_scan(c->store, rid, model, scan_cb, &sc);
+	_cleanup_free_ struct target *t = sc.t;
+	if (r < 0)
+		return r;
+	qsort(t, sc.n, sizeof(*t), cmp_target);
+
+	bool changed = false;
+	if (reverting) {
+		for (size_t i = 0; i < sc.n; i++)
+			if (t[i].sent && !t[i].reverted && t[i].on_version &&
+			    (r = plan_add(p, &t[i], true, sc.n)) < 0)
+				return r;
+		return 0;
+	}
+
+	size_t sent = 0, failed = 0, ok = 0, inflight = 0;
+	for (size_t i = 0; i < sc.n; i++) {
+		if (!t[i].sent)
+			continue;
+		sent++;
+		failed += t[i].out == O_FAIL;
+		ok += t[i].out == O_OK;
+		inflight += t[i].out == O_PROGRESS;
+	}
+	int wave = (int)jnum(body, "wave", 0);
+	int nwaves = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body, "waves"));
+	double rate = jnum(body, "max_failure_rate", 0.1);
+	size_t min_sample = (size_t)jnum(body, "min_sample", 5);
+	cJSON *counts = cJSON_CreateObject();
+	if (!counts || set_num(counts, "targets", (double)sc.n) < 0 ||
+	    set_num(counts, "attempted", (double)sent) < 0 ||
+	    set_num(counts, "succeeded", (double)ok) < 0 ||
+	    set_num(counts, "failed", (double)failed) < 0 ||
+	    set_num(counts, "in_progress", (double)inflight) < 0) {
+		cJSON_Delete(counts);
+		return -ENOMEM;
+	}
+	cJSON *old = cJSON_GetObjectItemCaseSensitive(body, "counts");
+	if (!old || !cJSON_Compare(old, counts, true))
+		changed = true;
+	if (old)
+		cJSON_ReplaceItemInObjectCaseSensitive(body, "counts", counts);
+	else
+		cJSON_AddItemToObject(body, "counts", counts);
+
+	if (sent >= min_sample && sent > 0 && (double)failed / (double)sent > rate) {
+		_cleanup_free_ char *why = fl_asprintf(
+			"halted: failure gate crossed in wave %d: %zu failed of %zu attempted "
+			"(%.3f > %.3f, min sample %zu)%s",
+			wave + 1, failed, sent, (double)failed / (double)sent, rate, min_sample,
+			jbool(body, "revert_on_halt") ? "; reverting the devices that took it" : "");
+		if (!why)
+			return -ENOMEM;
+		if ((r = set_str(body, "state", "halted")) < 0 ||
+		    (r = set_num(body, "gate_crossed_at", (double)now_s)) < 0 ||
+		    (r = set_num(body, "halted_at", (double)now_s)) < 0 ||
+		    (r = set_str(body, "reason", why)) < 0 ||
+		    (r = set_bool(body, "revert_pending", jbool(body, "revert_on_halt"))) < 0 ||
+		    (r = set_num(body, "updated_at", (double)now_s)) < 0)
+			return r;
+		if ((r = store_body(c, rid, body, now_s)) < 0 ||
+		    (r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.halt", rid, why)) < 0)
+			return r;
+		if (jbool(body, "revert_on_halt"))
+			for (size_t i = 0; i < sc.n; i++)
+				if (t[i].sent && !t[i].reverted && t[i].on_version &&
+				    (r = plan_add(p, &t[i], true, sc.n)) < 0)
+					return r;
+		return 0;
+	}
+
+	for (;;) {
+		size_t members = wave_size(body, wave, sc.n);
+		size_t maxc = (size_t)jnum(body, "max_concurrent", 100);
+		bool all_done = true;
+		for (size_t i = 0; i < members; i++) {
+			if (t[i].out == O_OK || t[i].out == O_FAIL)
+				continue;
+			all_done = false;
+			if (!t[i].sent && inflight < maxc) {
+				if ((r = plan_add(p, &t[i], false, sc.n)) < 0)
+					return r;
+				inflight++;
+			}
+		}
+		if (!all_done || members == 0)
+			break;
+		const cJSON *done = cJSON_GetObjectItemCaseSensitive(body, "wave_done_at");
+		if (!cJSON_IsNumber(done)) {
+			_cleanup_free_ char *why = fl_asprintf(
+				"wave %d of %d done (%zu devices), soaking %.0f s", wave + 1, nwaves,
+				members, jnum(body, "soak_s", 0));
+			if (!why || set_num(body, "wave_done_at", (double)now_s) < 0 ||
+			    set_str(body, "reason", why) < 0)
+				return -ENOMEM;
+			if ((r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.wave_done", rid, why)) < 0)
+				return r;
+			changed = true;
+			done = cJSON_GetObjectItemCaseSensitive(body, "wave_done_at");
+		}
+		if ((double)now_s - done->valuedouble < jnum(body, "soak_s", 0))
+			break;
+		changed = true;
+		if (wave + 1 >= nwaves || members == sc.n) {
+			_cleanup_free_ char *why = fl_asprintf(
+				"completed: %zu devices, %zu failed of %zu attempted", sc.n, failed, sent);
+			if (!why || set_str(body, "state", "completed") < 0 ||
+			    set_str(body, "reason", why) < 0)
+				return -ENOMEM;
+			if ((r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.complete", rid, why)) < 0)
+				return r;
+			break;
+		}
+		wave++;
+		_cleanup_free_ char *why =
+			fl_asprintf("wave %d of %d started after soak; gate holds (%zu failed of "
+				    "%zu attempted)",
+				    wave + 1, nwaves, failed, sent);
+		if (!why || set_num(body, "wave", wave) < 0 ||
+		    set_num(body, "wave_started_at", (double)now_s) < 0 ||
+		    set_str(body, "wave_done_at", NULL) < 0 || set_str(body, "reason", why) < 0)
+			return -ENOMEM;
+		if ((r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.advance", rid, why)) < 0)
+			return r;
+	}
+	if (changed) {
+		if ((r = set_num(body, "updated_at", (double)now_s)) < 0 ||
+		    (r = store_body(c, rid, body, now_s)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int tick_one(struct ctl *c, int64_t rid, int64_t now_s, ctl_rollout_send_fn send,
+		    void *ud)
+{
+	struct plan p = {.rid = rid};
+	pthread_mutex_lock(&c->lock);
+	cJSON *body = NULL;
+	int r = load_body(c, rid, &body);
+	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
+		r = decide(c, rid, body, now_s, &p);
+		if (r >= 0)
+			r = c->store->ops->commit(c->store);
+		if (r < 0)
+			c->store->ops->rollback(c->store);
+	}
+	pthread_mutex_unlock(&c->lock);
+	cJSON_Delete(body);
+	if (r < 0 || p.n == 0) {
+		free(p.items);
+		return r;
+	}
+	/* Send outside the lock (ctl_cmd_deploy takes it), then record. */
+	size_t n_sent = 0;
+	for (size_t i = 0; i < p.n; i++) {
+		struct send_item *it = &p.items[i];
+		char id[CTL_CMD_ID_SIZE];
+		_cleanup_free_ char *cmd = NULL;
+		int s = it->revert ? ctl_cmd_revert(p.model, id, &cmd)
+				   : ctl_cmd_deploy(c, p.model, it->version, id, &cmd);
+		if (s >= 0)
+			s = send(ud, it->id, cmd, strlen(cmd));
+		if (s < 0) {
+			it->id[0] = 0; /* retried on a later tick */
+			continue;
+		}
+		n_sent++;
+	}
+	pthread_mutex_lock(&c->lock);
+	r = c->store->ops->begin(c->store);
+	for (size_t i = 0; r >= 0 && i < p.n; i++) {
+		struct send_item *it = &p.items[i];
+		if (!it->id[0])
+			continue;
+		r = c->store->ops->rollout_mark(c->store, rid, it->id, now_s, it->revert);
+		if (r >= 0) {
+			_cleanup_free_ char *why =
+				it->revert ? fl_asprintf("revert sent to %s (model %s)", it->id, p.model)
+					   : fl_asprintf("deploy %s@%s sent to %s", p.model,
+							 it->version, it->id);
+			r = why ? audit(c, now_s, CTL_ROLLOUT_ACTOR,
+					it->revert ? "rollout.revert" : "rollout.deploy", rid, why)
+				: -ENOMEM;
+		}
+	}
+	if (r >= 0)
+		r = c->store->ops->commit(c->store);
+	else
+		c->store->ops->rollback(c->store);
+	pthread_mutex_unlock(&c->lock);
+	free(p.items);
+	return r < 0 ? r : (int)n_sent;
+}
+
+int ctl_rollout_tick(struct ctl *c, int64_t now_s, ctl_rollout_send_fn send, void *ud)
+{
+	if (!c || !send)
+		return -EINVAL;
+	_cleanup_free_ int64_t *ids = calloc(CTL_ROLLOUTS_MAX, sizeof(*ids));
+	if (!ids)
+		return -ENOMEM;
+	size_t n = 0;
+	pthread_mutex_lock(&c->lock);
+	int r = c->store->ops->rollout_list(c->store, ids, CTL_ROLLOUTS_MAX, &n);
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0)
+		return r;
+	int first_err = 0, total = 0;
+	for (size_t i = 0; i < n; i++) {
+		r = tick_one(c, ids[i], now_s, send, ud);
+		if (r < 0 && !first_err)
+			first_err = r;
+		else if (r > 0)
+			total += r;
+	}
+	return first_err ? first_err : total;
+}
