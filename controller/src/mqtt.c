@@ -52,7 +52,6 @@ struct ctl_mqtt {
 	struct fl_mqtt *mq; /* NULL with a test transport */
 	struct ctl_mqtt_io io;
 	int wake_fd;
-	int broker_port; /* for nodelay(); 0: unknown */
 	size_t per_device, max_bytes, max_cmds;
 	bool started;
 
@@ -506,55 +505,6 @@ int ctl_mqtt_metrics_text(struct ctl_mqtt *m, char **ret)
 	return 0;
 }
 
-/* ---------------------------------------------------------------- TCP_NODELAY */
-
-/* Paho does not set TCP_NODELAY, and Nagle's algorithm with the peer's
- * delayed ACK holds the tail of a publish up to ~40 ms: with chunk/req ->
- * chunk/dat round trips that costs 3x in throughput (docs/controller.md).
- * After a connect, find our TCP sockets connected to the broker's port and
- * set it. Best effort: nothing happens when /proc is not there. */
-static void nodelay(int port)
-{
-	if (port <= 0)
-		return;
-	DIR *d = opendir("/proc/self/fd");
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		char *end;
-		long fd = strtol(de->d_name, &end, 10);
-		if (*end || end == de->d_name || fd < 0 || fd == dirfd(d))
-			continue;
-		int type = 0;
-		socklen_t tl = sizeof(type);
-		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_STREAM)
-			continue;
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		if (getpeername((int)fd, (struct sockaddr *)&ss, &sl) < 0)
-			continue;
-		int peer = ss.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-			   : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-						      : -1;
-		if (peer != port)
-			continue;
-		int one = 1;
-		setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	}
-	closedir(d);
-}
-
-/* The port of "scheme://host:port" (0 when absent or malformed). */
-static int uri_port(const char *uri)
-{
-	const char *c = strrchr(uri, ':');
-	if (!c || c[1] == '/' || !c[1])
-		return 0;
-	int64_t v;
-	return fl_parse_i64(c + 1, 1, 65535, &v) == 0 ? (int)v : 0;
-}
-
 /* ---------------------------------------------------------------- life cycle */
 
 static int mq_publish(void *ud, const char *topic, const void *data, size_t len,
@@ -620,7 +570,6 @@ int ctl_mqtt_new(struct ctl *c, const struct ctl_mqtt_opts *o, struct ctl_mqtt *
 		return r;
 	}
 	m->io = (struct ctl_mqtt_io){.publish = mq_publish, .ud = m->mq};
-	m->broker_port = uri_port(o->uri);
 	*ret = m;
 	return 0;
 }
@@ -690,7 +639,6 @@ int ctl_mqtt_run(struct ctl_mqtt *m, int64_t now_ms, int *ret_next_ms)
 			case FL_MQTT_EV_CONNECTED:
 				fl_info("mqtt: connected%s",
 					ev.session_present ? " (session resumed)" : "");
-				nodelay(m->broker_port);
 				ctl_mqtt_on_connection(m, true);
 				break;
 			case FL_MQTT_EV_DISCONNECTED:
