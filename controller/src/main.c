@@ -20,6 +20,7 @@
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
 #include <flotilla/log.h>
+#include <flotilla/sdnotify.h>
 #include <flotilla/util.h>
 
 #include <flotilla/pki.h>
@@ -201,6 +202,9 @@ int main(int argc, char **argv)
 	}
 	int64_t next_tick = fl_mono_ms() + TICK_MS;
 	int64_t next_rollout = fl_mono_ms() + ROLLOUT_TICK_MS;
+	/* systemd (Type=notify, WatchdogSec): ready once listening; the
+	 * watchdog is pinged from this loop's tick. */
+	fl_sd_notify("READY=1\nSTATUS=serving");
 	for (;;) {
 		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN}};
 		int n = 1, mfds[2];
@@ -224,11 +228,13 @@ int main(int argc, char **argv)
 			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si) &&
 			    (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) {
 				fl_info("signal %u: stopping", si.ssi_signo);
+				fl_sd_notify("STOPPING=1");
 				break;
 			}
 		}
 		if (fl_mono_ms() >= next_tick) {
 			next_tick = fl_mono_ms() + TICK_MS;
+			fl_sd_notify("WATCHDOG=1");
 			r = ctl_tick(c);
 			if (r < 0)
 				fl_warn("telemetry commit failed: %s (records kept pending)",
