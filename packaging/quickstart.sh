@@ -112,7 +112,7 @@ listen = 127.0.0.1:$port
 EOC
 "$AGENT" --config dev-1/agent.conf run &
 svc=$!
-trap 'kill $svc 2>/dev/null; wait $svc 2>/dev/null; cleanup' EXIT
+trap '{ kill $svc; wait $svc; } 2>/dev/null || true; cleanup' EXIT
 for _ in $(seq 1 100); do
   curl -s -m 2 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
@@ -124,6 +124,7 @@ run curl -s -m 20 -H 'Content-Type: application/json' \
 echo
 echo "(a random tiny model: the words are noise, the plumbing is real)"
 kill -TERM $svc; wait $svc || true
+trap cleanup EXIT
 
 step "Done"
 cat <<EOT
