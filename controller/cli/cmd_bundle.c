@@ -476,28 +476,9 @@ static int cmd_diff(int argc, char **argv)
 
 int cli_bundle_main(int argc, char **argv)
 {
-	if (argc < 2) {
-		usage(stderr);
-		return 2;
-	}
-	const char *cmd = argv[1];
-	optind = 1; /* getopt sees argv[1..] as its own argv */
-	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-		usage(stdout);
-		return 0;
-	}
-	if (!strcmp(cmd, "create"))
-		return cmd_create(argc - 1, argv + 1);
-	if (!strcmp(cmd, "sign"))
-		return cmd_sign(argc - 1, argv + 1);
-	if (!strcmp(cmd, "verify"))
-		return cmd_verify(argc - 1, argv + 1);
-	if (!strcmp(cmd, "inspect"))
-		return cmd_inspect(argc - 1, argv + 1);
-	if (!strcmp(cmd, "diff"))
-		return cmd_diff(argc - 1, argv + 1);
-	if (!strcmp(cmd, "push"))
-		return cli_push_main(argc - 1, argv + 1);
-	cli_fail(0, "bundle: unknown command '%s' (try 'flotilla bundle --help')", cmd);
-	return 2;
+	static const struct cli_cmd cmds[] = {
+		{"create", cmd_create}, {"sign", cmd_sign},   {"verify", cmd_verify},
+		{"inspect", cmd_inspect}, {"diff", cmd_diff}, {"push", cli_push_main},
+	};
+	return cli_dispatch("bundle", cmds, FL_ARRAY_SIZE(cmds), usage, argc, argv);
 }

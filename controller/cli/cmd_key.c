@@ -126,21 +126,8 @@ static int key_id(int argc, char **argv)
 
 int cli_key_main(int argc, char **argv)
 {
-	if (argc < 2) {
-		key_usage(stderr);
-		return 2;
-	}
-	const char *cmd = argv[1];
-	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-		key_usage(stdout);
-		return 0;
-	}
-	if (!strcmp(cmd, "generate"))
-		return key_generate(argc - 1, argv + 1);
-	if (!strcmp(cmd, "id"))
-		return key_id(argc - 1, argv + 1);
-	fprintf(stderr, "flotilla: key: unknown command '%s' (try 'flotilla key --help')\n", cmd);
-	return 2;
+	static const struct cli_cmd cmds[] = {{"generate", key_generate}, {"id", key_id}};
+	return cli_dispatch("key", cmds, FL_ARRAY_SIZE(cmds), key_usage, argc, argv);
 }
 
 /* ---- flotilla keyring ---------------------------------------------------- */
@@ -563,22 +550,7 @@ static int keyring_verify(int argc, char **argv)
 
 int cli_keyring_main(int argc, char **argv)
 {
-	if (argc < 2) {
-		keyring_usage(stderr);
-		return 2;
-	}
-	const char *cmd = argv[1];
-	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-		keyring_usage(stdout);
-		return 0;
-	}
-	if (!strcmp(cmd, "create"))
-		return keyring_create(argc - 1, argv + 1);
-	if (!strcmp(cmd, "sign"))
-		return keyring_sign(argc - 1, argv + 1);
-	if (!strcmp(cmd, "verify"))
-		return keyring_verify(argc - 1, argv + 1);
-	fprintf(stderr, "flotilla: keyring: unknown command '%s' (try 'flotilla keyring --help')\n",
-		cmd);
-	return 2;
+	static const struct cli_cmd cmds[] = {
+		{"create", keyring_create}, {"sign", keyring_sign}, {"verify", keyring_verify}};
+	return cli_dispatch("keyring", cmds, FL_ARRAY_SIZE(cmds), keyring_usage, argc, argv);
 }

@@ -1,4 +1,5 @@
 /* flotilla: the operator's command line. */
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,27 @@ void cli_fail(int err, const char *fmt, ...)
 	if (err)
 		fprintf(stderr, ": %s", fl_strerror(err));
 	fputc('\n', stderr);
+}
+
+int cli_dispatch(const char *group, const struct cli_cmd *cmds, size_t n, void (*usage)(FILE *),
+		 int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+		usage(stdout);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(cmd, cmds[i].name)) {
+			optind = 1; /* getopt sees argv[1..] as its own argv */
+			return cmds[i].run(argc - 1, argv + 1);
+		}
+	cli_fail(0, "%s: unknown command '%s' (try 'flotilla %s --help')", group, cmd, group);
+	return 2;
 }
 
 static void usage(FILE *f)
