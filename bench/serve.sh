@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Serving figures (Flotilla issue 6), on 127.0.0.1:
 #  1. agent RSS without a model: `flotilla-agent run` on an empty state dir
-#     with the HTTP API on, VmRSS after 1 s (target < 10 MiB).
+#     with the HTTP API on, VmRSS after 1 s, before any request (target <
+#     10 MiB); and again once the API has answered (libmicrohttpd and its
+#     TLS stack are loaded at the first connection: docs/serving.md).
+#     And, when mosquitto is installed, the same agent with [mqtt] connected
+#     over TLS to a local broker (packaging/mosquitto/start-broker.sh), idle
+#     (reported, no target: the issue's figure is the agent without MQTT).
 #  2. tokens/s through the agent's HTTP API (POST /v1/completions, greedy,
 #     BENCH_TOKENS (128) tokens, BENCH_REQS (5) requests, end to end: prompt +
 #     generation + HTTP + runner IPC) against the engine called directly
 #     (`flotilla-agent run-model`, same model, threads and context; its own
-#     prompt + generation time, load excluded), median of each; ratio
-#     (target >= 0.95x).
+#     prompt + generation time, load excluded), runs interleaved so both
+#     see the same machine load, median of each; ratio (target >= 0.95x).
 #  3. latency of a 1-token request, p50 / p99 over BENCH_N1 (100) requests.
 #  4. swap: a client loops 1-token requests while v2 is installed through the
 #     spool; the longest request latency during the swap vs the median of the
 #     loop (the blip), and whether any request failed.
+#  5. tabular backend (xgboost, when libxgboost0 is installed): a 2-feature
+#     binary:logistic model "fraud" installed beside "bench"; POST
+#     /v1/predict with one row per request from a bounded python3 client
+#     (BENCH_CONNS (4) keep-alive connections, BENCH_PREDICT_N (4000)
+#     requests or BENCH_PREDICT_S (10) s, whichever ends first): requests/s,
+#     p50 / p99, errors; the same client on GET /healthz (HTTP alone) as the
+#     reference measured in the same run, and the ratio of the two.
 # The model: mkmodel llama dim 512, 8 layers, q8_0 (~27 MB); v2 a fine-tune.
 #
 #   bench/serve.sh [BUILD_DIR (build/dev)]
@@ -26,10 +38,12 @@ done
 for t in jq curl; do command -v $t >/dev/null || { echo "serve bench: $t not installed" >&2; exit 1; }; done
 TOK=${BENCH_TOKENS:-128} REQS=${BENCH_REQS:-5} N1=${BENCH_N1:-100} THR=${BENCH_THREADS:-2}
 tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/flotilla-bench-serve.XXXXXX")
-svc= loader= dog=
+svc= loader= dog= mqa= broker=
+SRC=$(cd "$(dirname "$0")/.." && pwd)
 cleanup() {
   local p
-  for p in $loader $svc $dog; do kill "$p" 2>/dev/null || true; done
+  for p in $loader $svc $mqa $dog; do kill "$p" 2>/dev/null || true; done
+  [ -z "$broker" ] || "$SRC/packaging/mosquitto/stop-broker.sh" "$tmp/pki" >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   rm -rf "$tmp"
 }
@@ -50,7 +64,7 @@ cd "$tmp"
 mkdir -p keys trust v1 v2 state/spool
 "$FL" key generate keys/root.pem >/dev/null
 "$FL" key generate keys/rel.pem >/dev/null
-"$FL" keyring create --version 1 --expires-days 2 --threshold 1 --key "keys/rel.pub.pem:bench" -o keys/kr.json >/dev/null
+"$FL" keyring create --version 1 --expires-days 2 --threshold 1 --key "keys/rel.pub.pem:bench,fraud" -o keys/kr.json >/dev/null
 "$FL" keyring sign keys/kr.json --key keys/root.pem -o trust/keyring.dsse.json >/dev/null
 cp keys/root.pub.pem trust/root.pem
 "$MKMODEL" --arch llama --vocab tiny --dim 512 --layers 8 --heads 8 --kv-heads 4 --ffn 1536 \
@@ -74,15 +88,47 @@ trust_dir = $tmp/trust
 listen = 127.0.0.1:$port
 token = bench-token
 EOC
-"$AGENT" --config agent.conf run 2>agent.log &
+FLOTILLA_LOG_LEVEL=info "$AGENT" --config agent.conf run 2>agent.log &
 svc=$!
 api() { curl -s -m 60 -H "Authorization: Bearer bench-token" "$@"; }
 URL=http://127.0.0.1:$port
 up() { [ "$(api -o /dev/null -w '%{http_code}' "$URL/v1/status")" = 200 ]; }
 wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.1; done; return 1; }
-wait_for 10 up || die "agent API not up: $(tail -n 5 agent.log)"
+# ready when it logs its listeners (a request would load the HTTP stack)
+listening() { grep -qs "local API on" agent.log; }
+wait_for 10 listening || die "agent API not up: $(tail -n 5 agent.log)"
 sleep 1
 rss0=$(awk '/^VmRSS/ { print $2 }' "/proc/$svc/status")
+wait_for 10 up || die "agent API not answering: $(tail -n 5 agent.log)"
+sleep 0.5
+rss1=$(awk '/^VmRSS/ { print $2 }' "/proc/$svc/status")
+# the same with [mqtt] up (TLS to a local broker), idle
+rss_mq=
+if command -v mosquitto >/dev/null && [ -x "$SRC/packaging/mosquitto/start-broker.sh" ]; then
+  chmod o+x "$tmp" # the broker runs as user mosquitto
+  P=$tmp/pki
+  "$FL" pki init --dir "$P" >/dev/null
+  "$FL" pki issue-server --dir "$P" --dns localhost --ip 127.0.0.1 >/dev/null
+  "$FL" pki issue-device dev1 --dir "$P" >/dev/null
+  for _ in 1 2 3 4 5; do
+    mport=$((20000 + RANDOM % 20000))
+    FL_BROKER_WAIT_S=10 "$SRC/packaging/mosquitto/start-broker.sh" "$P" "$mport" >broker.out 2>&1 && { broker=1; break; }
+  done
+  [ -n "$broker" ] || die "broker did not start: $(tail -n 3 broker.out)"
+  mkdir -p mq/state
+  sed -e "s|$tmp/state|$tmp/mq/state|" -e "s|127.0.0.1:$port|127.0.0.1:$((port + 1))|" agent.conf >mq/agent.conf
+  printf '[mqtt]\nuri = ssl://127.0.0.1:%s\nca = %s/ca.crt\ncert = %s/devices/dev1.crt\nkey = %s/devices/dev1.key\n' \
+    "$mport" "$P" "$P" "$P" >>mq/agent.conf
+  sed -i 's|^\[agent\]$|[agent]\nid = dev1|' mq/agent.conf
+  FLOTILLA_LOG_LEVEL=info "$AGENT" --config mq/agent.conf run 2>mq/agent.log &
+  mqa=$!
+  mq_up() { grep -qs "mqtt: connected" mq/agent.log; }
+  wait_for 20 mq_up || die "agent with [mqtt] not connected: $(tail -n 5 mq/agent.log)"
+  sleep 1
+  rss_mq=$(awk '/^VmRSS/ { print $2 }' "/proc/$mqa/status")
+  kill "$mqa"; wait "$mqa" 2>/dev/null || true; mqa=
+  "$SRC/packaging/mosquitto/stop-broker.sh" "$P" >/dev/null 2>&1 || true; broker=
+fi
 
 # ------------------------------------------------------------ 2. tokens/s
 served() { [ "$(api "$URL/v1/status" | jq -r '.models.bench.version // empty')" = "$1" ]; }
@@ -91,14 +137,12 @@ wait_for 60 served 1.0 || die "v1 not served: $(tail -n 5 agent.log)"
 body() { printf '{"model":"bench","prompt":"Hello","max_tokens":%d,"temperature":0}' "$1"; }
 api -o /dev/null -d "$(body 8)" "$URL/v1/completions" # warm up
 : >http.txt
+: >eng.txt
 for _ in $(seq "$REQS"); do
   r=$(api -w '\n%{time_total}' -d "$(body "$TOK")" "$URL/v1/completions")
   n=$(head -n -1 <<<"$r" | jq -r .usage.completion_tokens)
   [ "$n" -gt 0 ] 2>/dev/null || die "bad completion: $r"
   awk -v n="$n" -v t="$(tail -n 1 <<<"$r")" 'BEGIN { printf "%.2f %d\n", n / t, n }' >>http.txt
-done
-: >eng.txt
-for _ in $(seq "$REQS"); do
   "$AGENT" run-model v1/model.gguf --prompt Hello -n "$TOK" --temp 0 -t "$THR" -c 1024 >/dev/null 2>eng.err ||
     die "run-model failed: $(cat eng.err)"
   # "prompt P tokens in A ms (...); generated N tokens in G ms (...)"
@@ -141,9 +185,86 @@ failed=$(grep -vc '^200 ' swap.txt || true)
 med=$(awk '{ print $2 }' swap.txt | median)
 swapmax=$(sed -n "$((before + 1)),$((during + 1))p" swap.txt | awk '{ print $2 }' | maxof)
 
+# ------------------------------------------------------------ 5. tabular /v1/predict
+# hammer PATH BODY|-: "requests errors seconds req/s p50_s p99_s" over
+# BENCH_CONNS keep-alive connections (one thread each), bounded in count and time.
+cat >hammer.py <<'EOP'
+import http.client, sys, threading, time
+port, path, body, conns, total, secs, token = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+lat, errs, lock = [], [0], threading.Lock()
+left = [total]
+deadline = time.monotonic() + secs
+def worker():
+    c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+    h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+    mine = []
+    while time.monotonic() < deadline:
+        with lock:
+            if left[0] <= 0:
+                break
+            left[0] -= 1
+        t = time.monotonic()
+        try:
+            if body == "-":
+                c.request("GET", path, headers=h)
+            else:
+                c.request("POST", path, body=body, headers=h)
+            r = c.getresponse()
+            r.read()
+            ok = r.status == 200
+        except Exception:
+            ok = False
+            c.close()
+            c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+        if ok:
+            mine.append(time.monotonic() - t)
+        else:
+            with lock:
+                errs[0] += 1
+    with lock:
+        lat.extend(mine)
+t0 = time.monotonic()
+ts = [threading.Thread(target=worker) for _ in range(conns)]
+for t in ts: t.start()
+for t in ts: t.join()
+el = time.monotonic() - t0
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, max(0, int(p * len(lat) + 0.999999) - 1))] if lat else 0
+print("%d %d %.3f %.1f %.6f %.6f" % (len(lat), errs[0], el, len(lat) / el, q(0.5), q(0.99)))
+EOP
+CONNS=${BENCH_CONNS:-4} PN=${BENCH_PREDICT_N:-4000} PS=${BENCH_PREDICT_S:-10}
+tab=
+if ls /usr/lib/*/libxgboost.so.0 >/dev/null 2>&1 && command -v python3 >/dev/null; then
+  mkdir -p fraud
+  # margin = +-2 by f0 < 0.5, +-1 by f1 < 0.3 (as tests/integration/serve_xgboost.sh)
+  stump() {
+    printf '{"base_weights":[0.0,%s,%s],"categories":[],"categories_nodes":[],"categories_segments":[],"categories_sizes":[],"default_left":[1,0,0],"id":%s,"left_children":[1,-1,-1],"loss_changes":[1.0,0.0,0.0],"parents":[2147483647,0,0],"right_children":[2,-1,-1],"split_conditions":[%s,%s,%s],"split_indices":[%s,0,0],"split_type":[0,0,0],"sum_hessian":[2.0,1.0,1.0],"tree_param":{"num_deleted":"0","num_feature":"2","num_nodes":"3","size_leaf_vector":"0"}}' \
+      "$3" "$4" "$5" "$2" "$3" "$4" "$1"
+  }
+  printf '{"learner":{"attributes":{},"feature_names":[],"feature_types":[],"gradient_booster":{"name":"gbtree","model":{"gbtree_model_param":{"num_parallel_tree":"1","num_trees":"2","size_leaf_vector":"0"},"tree_info":[0,0],"trees":[%s,%s]}},"learner_model_param":{"base_score":"5E-1","boost_from_average":"1","num_class":"0","num_feature":"2","num_target":"1"},"objective":{"name":"binary:logistic","reg_loss_param":{"scale_pos_weight":"1"}}},"version":[1,7,4]}' \
+    "$(stump 0 0.5 -2.0 2.0 0)" "$(stump 1 0.3 -1.0 1.0 1)" >fraud/fraud.json
+  jq -n --arg c "$created" --arg e "$expires" '{name: "fraud", version: "1.0", sequence: 1, created: $c,
+    expires: $e, compatibility: {backend: "xgboost"}, runtime: {threads: 1, limits: {max_queue: 64}}}' >tf.json
+  "$FL" bundle create --template tf.json --key keys/rel.pem -o fraud.tar fraud/fraud.json >/dev/null
+  cp fraud.tar state/spool/.fraud.part && mv state/spool/.fraud.part state/spool/fraud.tar
+  fraud_served() { [ "$(api "$URL/v1/status" | jq -r '.models.fraud.version // empty')" = 1.0 ]; }
+  wait_for 60 fraud_served || die "fraud (xgboost) not served: $(tail -n 5 agent.log)"
+  prow='{"model":"fraud","rows":[[0.9,0.1]]}'
+  [ "$(api -d "$prow" "$URL/v1/predict" | jq -c .classes)" = "[1]" ] || die "predict gives a wrong answer"
+  python3 hammer.py "$port" /v1/predict "$prow" "$CONNS" 200 5 bench-token >/dev/null # warm up
+  read -r hz_n hz_err hz_s hz_rps hz_p50 hz_p99 < <(python3 hammer.py "$port" /healthz - "$CONNS" "$PN" "$PS" bench-token)
+  read -r pr_n pr_err pr_s pr_rps pr_p50 pr_p99 < <(python3 hammer.py "$port" /v1/predict "$prow" "$CONNS" "$PN" "$PS" bench-token)
+  tab=1
+fi
+
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
 echo "model: llama dim 512, 8 layers, q8_0 ($(stat -c %s v1/model.gguf) bytes), $THR threads, context 1024"
-echo "agent RSS with no model loaded (empty state, API on): $(awk -v k="$rss0" 'BEGIN { printf "%.1f MiB", k / 1024 }') (target < 10 MiB: $([ "$rss0" -lt 10240 ] && echo met || echo NOT met))"
+echo "agent RSS with no model loaded (empty state, API on, idle): $(awk -v k="$rss0" 'BEGIN { printf "%.1f MiB", k / 1024 }') (target < 10 MiB: $([ "$rss0" -lt 10240 ] && echo met || echo NOT met)); after its first request: $(awk -v k="$rss1" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
+if [ -n "$rss_mq" ]; then
+  echo "agent RSS with [mqtt] connected over TLS (same, idle): $(awk -v k="$rss_mq" 'BEGIN { printf "%.1f MiB", k / 1024 }') (no target; docs/serving.md \"Memory\")"
+else
+  echo "agent RSS with [mqtt]: skipped (mosquitto not installed)"
+fi
 echo "engine direct (run-model, prompt + generation, $eng_n tokens, median of $REQS): $eng_tps tok/s"
 echo "agent HTTP /v1/completions (end to end, $http_n tokens, median of $REQS): $http_tps tok/s"
 awk -v h="$http_tps" -v e="$eng_tps" 'BEGIN { x = h / e; printf "ratio HTTP / engine: %.3fx (target >= 0.95x: %s)\n", x, (x >= 0.95 ? "met" : "NOT met") }'
@@ -151,3 +272,12 @@ echo "1-token request latency over $N1: p50 $(ms "$p50"), p99 $(ms "$p99")"
 echo "swap v1 -> v2 under a 1-token request loop: spool to serving $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f s", b - a }')," \
   "$((during - before)) requests during it, longest $(ms "$swapmax") vs loop median $(ms "$med")" \
   "(blip $(awk -v m="$swapmax" -v d="$med" 'BEGIN { printf "%.1f ms, %.1fx", (m - d) * 1000, m / d }')), $failed of $(wc -l <swap.txt) requests failed"
+if [ -n "$tab" ]; then
+  echo "tabular (xgboost, 2 features, 1 row per request), $CONNS connections, python3 client:"
+  printf '  %-22s %9s %8s %10s %10s %7s\n' endpoint requests req/s p50 p99 errors
+  printf '  %-22s %9s %8s %10s %10s %7s\n' "GET /healthz (ref)" "$hz_n" "$hz_rps" "$(ms "$hz_p50")" "$(ms "$hz_p99")" "$hz_err"
+  printf '  %-22s %9s %8s %10s %10s %7s\n' "POST /v1/predict" "$pr_n" "$pr_rps" "$(ms "$pr_p50")" "$(ms "$pr_p99")" "$pr_err"
+  awk -v p="$pr_rps" -v h="$hz_rps" 'BEGIN { printf "  ratio predict / healthz requests/s: %.3fx (no target: the backend cost over HTTP alone)\n", p / h }'
+else
+  echo "tabular (xgboost) /v1/predict: skipped (libxgboost0 or python3 not installed)"
+fi

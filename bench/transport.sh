@@ -22,7 +22,8 @@
 #     (/proc/PID/status, /proc/PID/stat; the agent process itself).
 #
 #   bench/transport.sh [BUILD_DIR (build/dev)]
-#   BENCH_MIB (256), BENCH_IDLE_S (10), BENCH_LIMIT_S (whole run, 1500)
+#   BENCH_MIB (256), BENCH_IDLE_S (10), BENCH_LIMIT_S (whole run, 1500),
+#   BENCH_KEEP=1 keeps the work directory (logs) and prints its name
 set -euo pipefail
 B=$(cd "${1:-build/dev}" && pwd) || { echo "transport bench: no build directory ${1:-build/dev}" >&2; exit 1; }
 MIB=${BENCH_MIB:-256}
@@ -49,7 +50,7 @@ cleanup() {
   for p in $subpid $apid $cpid $dog; do kill "$p" 2>/dev/null || true; done
   [ -n "$broker_up" ] && { "$pkg/stop-broker.sh" "$P" >/dev/null 2>&1 || echo "WARN: stop-broker failed" >&2; }
   wait 2>/dev/null || true
-  rm -rf "$tmp"
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "transport bench: files kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 trap 'echo "transport bench: interrupted (signal or BENCH_LIMIT_S)" >&2; exit 1' INT TERM
@@ -172,7 +173,7 @@ ca = $P/ca.crt
 cert = $P/devices/dev1.crt
 key = $P/devices/dev1.key
 CONF
-"$AGENT" -c dev1/agent.conf run >agent.log 2>&1 &
+FLOTILLA_LOG_LEVEL=info "$AGENT" -c dev1/agent.conf run >agent.log 2>&1 &
 apid=$!
 online() { [ "$(show dev1 | jq -r .device.online)" = true ]; }
 wait_until 30 online || die "dev1 did not come online: $(tail -n 5 agent.log)"
@@ -226,6 +227,8 @@ echo "agent deploy -> committed (fetch + verify + install + state report): $t1 s
 awk -v r="$t_ref" -v a="$x1" -v c="$t1" 'BEGIN { x = r / a; printf "ratio agent fetch / reference throughput: %.2fx (target >= 0.7x: %s); end to end incl. install: %.2fx\n", x, (x >= 0.7 ? "met" : "NOT met"), r / c }'
 echo "fine-tune ($ft): deploy -> committed $t2 s (fetch $x2 s)"
 awk -v m="$((b2 - b1))" -v s="$size2" 'BEGIN { p = 100 * m / s; printf "fine-tune bytes moved: %d of %d (%.1f%% of the bundle; target <= 15%%: %s)\n", m, s, p, (p <= 15 ? "met" : "NOT met") }'
+# The agent's own account of each fetch (bytes, timeouts, mean round trip).
+grep -o 'bench [0-9.]* fetched: .*' agent.log | sed 's/^/agent log: /' || true
 awk -v a="$k0" -v b="$k1" -v hz="$hz" -v s0="$s0" -v s1="$s1" -v rss="$rss" -v hwm="$hwm" 'BEGIN {
   printf "agent idle over %.1f s (model committed, MQTT connected): CPU %.3f%% of one core (%d ticks), VmRSS %.1f MiB (peak %.1f MiB)\n",
     s1 - s0, 100 * (b - a) / hz / (s1 - s0), b - a, rss / 1024, hwm / 1024 }'

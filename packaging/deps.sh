@@ -8,15 +8,20 @@ PKGS=(
   libpaho-mqtt-dev libssl-dev libmbedtls-dev libarchive-dev libsqlite3-dev
   libcmocka-dev libcjson-dev libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev
   mosquitto mosquitto-clients sqlite3 curl git ca-certificates xxd jq
-  lintian systemd
+  lintian systemd libxgboost-dev libmosquitto-dev chromium fonts-dejavu-core
+  procps python3 iproute2 libpq-dev postgresql
 )
 # Tools that may come from elsewhere (nodejs from NodeSource ships npm):
 # install the Debian package only when the command is missing.
 CMDS=(npm:npm)
 
 missing=()
+arch=$(dpkg --print-architecture)
 for p in "${PKGS[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+  # One line per installed architecture (multiarch: amd64 and arm64 -dev
+  # packages side by side); the native or an arch-independent one counts.
+  if ! dpkg-query -W -f='${Status} ${Architecture}\n' "$p" 2>/dev/null |
+       grep -qE "^install ok installed ($arch|all)\$"; then
     missing+=("$p")
   fi
 done

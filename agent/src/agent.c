@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "agent.h"
+#include "report.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/config.h>
 #include <flotilla/error.h>
@@ -20,7 +21,11 @@ static const char *const config_keys[] = {
 	"agent.id", "agent.state_dir", "agent.trust_dir", "agent.threshold",
 	"agent.disk_reserve", "agent.log_level", "agent.labels", "agent.bandwidth",
 	"mqtt.uri", "mqtt.ca", "mqtt.cert", "mqtt.key", "mqtt.keepalive", "mqtt.verify_host",
-	"serve.listen", "serve.socket", "serve.token", NULL,
+	"telemetry.interval", "telemetry.outbox_max_bytes", "telemetry.outbox_max_records",
+	"telemetry.include_content", "telemetry.disk_low", "telemetry.clock_jump",
+	"telemetry.resend_after",
+	"serve.listen", "serve.socket", "serve.token", "serve.exec_allow", "hw.arch", "hw.ram_mb",
+	"hw.accelerators", NULL,
 };
 
 /* Copy setting KEY (if set) into OUT; too long is -FL_ECONFIG. */
@@ -36,6 +41,59 @@ static int copy_setting(const struct fl_config *c, const char *key, char *out, s
 	}
 	fl_strlcpy(out, s, out_len);
 	return 0;
+}
+
+/* Next entry of a comma-separated list at *P (blanks around it trimmed):
+ * its start and length; false at the end. */
+static bool list_next(const char **p, const char **ret, size_t *ret_len)
+{
+	const char *s = *p;
+	while (*s == ' ' || *s == '\t' || *s == ',')
+		s++;
+	if (!*s)
+		return false;
+	const char *e = strchr(s, ',');
+	if (!e)
+		e = s + strlen(s);
+	*p = e;
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+		e--;
+	*ret = s;
+	*ret_len = (size_t)(e - s);
+	return true;
+}
+
+static int exec_allow_valid(const char *list)
+{
+	const char *p = list, *s;
+	size_t n;
+	while (list_next(&p, &s, &n))
+		if (s[0] != '/' || n < 2 || memchr(s, '{', n))
+			return -FL_ECONFIG;
+	return 0;
+}
+
+int agent_exec_check(const struct agent_config *cfg, const struct ota_manifest *m, char *why,
+		     size_t why_len)
+{
+	if (strcmp(agent_backend_of(m), "exec"))
+		return 0;
+	const cJSON *ex = m->runtime ? cJSON_GetObjectItemCaseSensitive(m->runtime, "exec") : NULL;
+	const cJSON *cmd = cJSON_IsObject(ex) ? cJSON_GetObjectItemCaseSensitive(ex, "command") : NULL;
+	const cJSON *c0 = cJSON_IsArray(cmd) ? cJSON_GetArrayItem(cmd, 0) : NULL;
+	if (!cJSON_IsString(c0) || !c0->valuestring[0]) {
+		snprintf(why, why_len, "backend exec: runtime.exec.command names no program");
+		return -FL_EINCOMPAT;
+	}
+	const char *prog = c0->valuestring, *p = cfg->serve_exec_allow, *s;
+	size_t n;
+	while (list_next(&p, &s, &n))
+		if (strlen(prog) == n && !memcmp(prog, s, n))
+			return 0;
+	snprintf(why, why_len, "backend exec: %.200s is not allowed on this device (%s)", prog,
+		 cfg->serve_exec_allow[0] ? "not in serve.exec_allow"
+					  : "serve.exec_allow is empty: exec backend disabled");
+	return -FL_EINCOMPAT;
 }
 
 int agent_labels_parse(const char *text, cJSON **ret)
@@ -76,6 +134,48 @@ int agent_labels_parse(const char *text, cJSON **ret)
 	else
 		*ret = o;
 	return r;
+}
+
+/* A comma-separated list of names, each valid (fl_name_valid, <= 64). */
+static bool name_list_valid(const char *text)
+{
+	char buf[256];
+	if (strlen(text) >= sizeof(buf))
+		return false;
+	fl_strlcpy(buf, text, sizeof(buf));
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		if (!fl_name_valid(tok, 64))
+			return false;
+	return true;
+}
+
+/* [hw]: arch, ram_mb, accelerators override the detected hardware class. */
+static int agent_config_hw(const struct fl_config *c, struct agent_config *cfg, const char *path,
+			   char *err, size_t err_len)
+{
+	int64_t v;
+	int r = fl_config_get_int(c, "hw.ram_mb", 1, 1 << 30, 0, &v);
+	if (r < 0) {
+		snprintf(err, err_len, "%s: hw.ram_mb must be a number of MiB (1..%d)", path, 1 << 30);
+		return r;
+	}
+	cfg->hw_ram_mb = (uint64_t)v;
+	const char *s = fl_config_get_str(c, "hw.arch", NULL);
+	if (s && (!fl_name_valid(s, sizeof(cfg->hw_arch) - 1))) {
+		snprintf(err, err_len, "%s: hw.arch '%s' is not a valid name (e.g. aarch64)", path, s);
+		return -FL_ECONFIG;
+	}
+	if (s)
+		fl_strlcpy(cfg->hw_arch, s, sizeof(cfg->hw_arch));
+	s = fl_config_get_str(c, "hw.accelerators", NULL);
+	if (s && !name_list_valid(s)) {
+		snprintf(err, err_len, "%s: hw.accelerators must be names separated by commas", path);
+		return -FL_ECONFIG;
+	}
+	if (s)
+		fl_strlcpy(cfg->hw_accelerators, s, sizeof(cfg->hw_accelerators));
+	return 0;
 }
 
 int agent_config_load(const char *path, struct agent_config *cfg, char *err, size_t err_len)
@@ -143,7 +243,16 @@ int agent_config_load(const char *path, struct agent_config *cfg, char *err, siz
 	    (r = copy_setting(c, "mqtt.key", cfg->mqtt_key, sizeof(cfg->mqtt_key), path, err, err_len)) < 0 ||
 	    (r = copy_setting(c, "serve.listen", cfg->serve_listen, sizeof(cfg->serve_listen), path, err, err_len)) < 0 ||
 	    (r = copy_setting(c, "serve.socket", cfg->serve_socket, sizeof(cfg->serve_socket), path, err, err_len)) < 0 ||
-	    (r = copy_setting(c, "serve.token", cfg->serve_token, sizeof(cfg->serve_token), path, err, err_len)) < 0)
+	    (r = copy_setting(c, "serve.token", cfg->serve_token, sizeof(cfg->serve_token), path, err, err_len)) < 0 ||
+	    (r = copy_setting(c, "serve.exec_allow", cfg->serve_exec_allow, sizeof(cfg->serve_exec_allow), path, err, err_len)) < 0)
+		goto out;
+	if ((r = exec_allow_valid(cfg->serve_exec_allow)) < 0) {
+		snprintf(err, err_len, "%s: serve.exec_allow must be absolute paths separated by commas", path);
+		goto out;
+	}
+	if ((r = agent_config_hw(c, cfg, path, err, err_len)) < 0)
+		goto out;
+	if ((r = agent_report_config(c, cfg, path, err, err_len)) < 0)
 		goto out;
 	if (cfg->labels[0] && (r = agent_labels_parse(cfg->labels, NULL)) < 0) {
 		snprintf(err, err_len, "%s: agent.labels must be name=value pairs separated by commas", path);
@@ -191,6 +300,9 @@ int agent_open(struct agent *a, const struct agent_config *cfg, bool read_only)
 	memset(a, 0, sizeof(*a));
 	a->lock_fd = -1;
 	a->cfg = *cfg;
+	/* runners (children) check it again when they start an exec server */
+	if (setenv("FLOTILLA_EXEC_ALLOW", cfg->serve_exec_allow, 1) < 0)
+		return -errno;
 	int r = fl_mkdir_p(cfg->state_dir, 0755);
 	if (r < 0) {
 		fl_err("state directory %s: %s", cfg->state_dir, fl_strerror(r));

@@ -34,6 +34,21 @@ struct agent_config {
 	char serve_listen[128];  /* "127.0.0.1:8080"; "" = no TCP listener */
 	char serve_socket[1024]; /* UNIX socket; "" = STATE_DIR/api.sock; "off" = none */
 	char serve_token[256];   /* bearer token for the TCP listener; "" = none */
+	char serve_exec_allow[2048]; /* commands the exec backend may run, comma-separated
+				      * absolute paths; "" = exec backend refused */
+	/* [telemetry] (docs/telemetry.md "Agent", report.c) */
+	int tele_interval_s;          /* metrics period */
+	uint64_t tele_outbox_bytes;   /* outbox bound; 0 = library default */
+	uint64_t tele_outbox_records; /* 0 = library default */
+	bool tele_include_content;    /* crash events carry the failing prompt */
+	uint64_t tele_disk_low_bytes; /* disk_low event below this free space */
+	int tele_clock_jump_s;        /* clock_jump event beyond this step */
+	int tele_resend_s;            /* unconfirmed records go again after this */
+	/* [hw]: what the MQTT state reports instead of what is detected, for
+	 * simulation and tests (docs/agent.md "Hardware class override"). */
+	char hw_arch[64];          /* "" = detected (uname) */
+	uint64_t hw_ram_mb;        /* 0 = detected (sysinfo) */
+	char hw_accelerators[256]; /* "a,b"; "" = none */
 };
 
 /* Called for every event the install engine records (the MQTT session
@@ -51,6 +66,7 @@ struct agent {
 	void *on_event_ud;
 	bool state_dirty;        /* something the MQTT state shows changed */
 	struct agent_serving *serving; /* NULL: models are not served (commands) */
+	struct agent_report *report;   /* telemetry (report.c); NULL: none */
 };
 
 struct ota_manifest;
@@ -72,14 +88,21 @@ void agent_serving_stop(struct agent *a);
 int agent_serving_prepare(struct agent *a, const char *model, char slot,
 			  const struct ota_manifest *m, struct rt_runner **ret_runner);
 /* After the switch: route new requests to RUNNER, let requests in flight
- * finish on the old runner, stop it. RUNNER NULL: nothing is served now. */
-void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner);
+ * finish on the old runner, stop it. RUNNER NULL: nothing is served now.
+ * Returns the fl_mono_ns() time new requests began to go to RUNNER (0 when
+ * not serving). */
+int64_t agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner);
 /* A prepared runner that will not be used (the switch failed): stop it. */
 void agent_serving_commit_abandon(struct agent *a, struct rt_runner *runner);
 /* Failures of a model in TRIAL seen by its runner since the trial began:
  * crashes, failed and total requests. 0, or -ENOENT when not served. */
 int agent_serving_trial_stats(struct agent *a, const char *model, uint32_t *ret_crashes,
 			      uint32_t *ret_failed, uint32_t *ret_requests);
+/* Quantile Q of the latency of the requests MODEL answered since its trial
+ * began (rt_latency_quantile_ms: the upper edge of a 9 % bucket) and how
+ * many there were. 0, or -ENOENT when not served. */
+int agent_serving_trial_latency(struct agent *a, const char *model, double q, double *ret_ms,
+				uint32_t *ret_n);
 /* Forget the trial baseline of MODEL (a new trial starts). */
 void agent_serving_trial_reset(struct agent *a, const char *model);
 /* Refresh what /v1/status shows (runner counters); agent loop only. */
@@ -147,13 +170,25 @@ int agent_trial_tick(struct agent *a);
  * Returns the number of problems found (>= 0) or an error. */
 int agent_check(struct agent *a);
 
-/* Acceptance tests of manifest M on the model in DIR. 0 or -FL_EACCEPT with
- * a reason in WHY. */
-int agent_acceptance(const struct ota_manifest *m, const char *dir, char *why, size_t why_len);
+/* Backend "exec": the manifest's runtime.exec.command[0] must be one of
+ * serve.exec_allow (exactly). 0 (also for other backends) or -FL_EINCOMPAT
+ * with the reason in WHY. */
+int agent_exec_check(const struct agent_config *cfg, const struct ota_manifest *m, char *why,
+		     size_t why_len);
 
-/* The model file of a manifest: runtime.model, else its only .gguf file.
- * -FL_EMISSING none, -FL_EDUP several and no runtime.model. */
+/* Acceptance tests of manifest M on the model in DIR. 0 or -FL_EACCEPT with
+ * a reason in WHY. RET_Q (may be NULL) receives the quality signals of the
+ * outputs (the version's baseline, docs/telemetry.md). */
+struct tele_quality;
+int agent_acceptance(const struct ota_manifest *m, const char *dir, struct tele_quality *ret_q,
+		     char *why, size_t why_len);
+
+/* The model file of a manifest: runtime.model, else its only file of the
+ * backend's kind (.gguf; xgboost: .json / .ubj). -FL_EMISSING none,
+ * -FL_EDUP several and no runtime.model. */
 int agent_model_file(const struct ota_manifest *m, const char **ret_path);
+/* The manifest's backend ("gguf" when it names none). */
+const char *agent_backend_of(const struct ota_manifest *m);
 
 /* `flotilla-agent run-model`: try a model before deploying it. */
 int agent_run_model(int argc, char **argv);

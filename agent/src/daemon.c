@@ -1,6 +1,6 @@
 /* `flotilla-agent run`: the service. One loop: recover at start, then watch
- * the spool directory (USB sticks, field service, a package drop) and tick
- * trials. MQTT and the local API join this loop in later steps. */
+ * the spool directory (USB sticks, field service, a package drop), tick
+ * trials and telemetry (report.c), drive the MQTT session and serve. */
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
@@ -15,6 +15,7 @@
 
 #include "agent.h"
 #include "daemon.h"
+#include "report.h"
 #include <flotilla/sdnotify.h>
 #include "session.h"
 #include <flotilla/cleanup.h>
@@ -94,6 +95,10 @@ int agent_run(struct agent *a)
 	int r = fl_mkdir_p(spool, 0755);
 	if (r < 0)
 		return r;
+	/* Telemetry first: recovery's events (a rollback at start) go out too.
+	 * Only with MQTT: an offline device has nobody to report to. */
+	if (a->cfg.mqtt_uri[0])
+		agent_report_open(a);
 	r = agent_recover(a, true);
 	if (r < 0)
 		fl_err("recovery: %s", fl_strerror(r));
@@ -107,18 +112,21 @@ int agent_run(struct agent *a)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	_cleanup_close_ int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	_cleanup_close_ int ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-	if (sfd < 0 || ifd < 0)
-		return -errno;
-	if (inotify_add_watch(ifd, spool, IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
-		return -errno;
+	if (sfd < 0 || ifd < 0 || inotify_add_watch(ifd, spool, IN_CLOSE_WRITE | IN_MOVED_TO) < 0) {
+		r = -errno;
+		agent_report_close(a);
+		return r;
+	}
 	fl_info("running: state %s, spool %s", a->cfg.state_dir, spool);
 
 	/* Serve the installed models (runners + local API). A model that does
 	 * not start is reported and the rest go on; a busy listen address is
 	 * fatal (the operator configured it). */
 	r = agent_serving_start(a);
-	if (r < 0)
+	if (r < 0) {
+		agent_report_close(a);
 		return r;
+	}
 
 	/* MQTT when configured; offline (spool only) otherwise. */
 	struct agent_session *sess = NULL;
@@ -127,6 +135,7 @@ int agent_run(struct agent *a)
 		if (r < 0) {
 			fl_err("mqtt: %s", fl_strerror(r));
 			agent_serving_stop(a);
+			agent_report_close(a);
 			return r;
 		}
 	}
@@ -134,21 +143,39 @@ int agent_run(struct agent *a)
 	/* systemd: ready after recovery and serving start; the watchdog is
 	 * pinged from this loop (each turn is at most TICK_MS plus one step). */
 	fl_sd_notify("READY=1\nSTATUS=running");
-	int64_t next_scan = 0;
+	/* The spool scan has its own deadline: files arriving all the time
+	 * (each one delays the scan until it settled) must not hold up the
+	 * watchdog, trials and telemetry. */
+	int64_t next_tick = 0, next_scan = 0;
+	/* The watchdog's own period: a quarter of WatchdogSec= (sd_notify(3)
+	 * asks for at least half; a loop step may delay a ping), at most TICK_MS. */
+	uint64_t wd_usec = 0;
+	int64_t ping_ms = TICK_MS, next_ping = 0;
+	if (fl_sd_watchdog_usec(&wd_usec) > 0 && (int64_t)(wd_usec / 4000) < ping_ms)
+		ping_ms = wd_usec / 4000 > 10 ? (int64_t)(wd_usec / 4000) : 10;
 	int sess_timeout = 0;
 	for (;;) {
 		int64_t now = fl_mono_ms();
 		if (now >= next_scan) {
-			fl_sd_notify("WATCHDOG=1");
 			spool_scan(a, spool);
+			next_scan = now + TICK_MS;
+		}
+		now = fl_mono_ms();
+		if (now >= next_ping) {
+			fl_sd_notify("WATCHDOG=1");
+			next_ping = now + ping_ms;
+		}
+		if (now >= next_tick) {
 			agent_trial_tick(a);
 			agent_serving_tick(a);
-			next_scan = now + TICK_MS;
+			agent_report_tick(a);
+			next_tick = now + TICK_MS;
 		}
 		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN},
 					{.fd = ifd, .events = POLLIN},
 					{.fd = sess ? agent_session_fd(sess) : -1, .events = POLLIN}};
-		int timeout = (int)(next_scan - fl_mono_ms());
+		int64_t wake = next_scan < next_tick ? next_scan : next_tick;
+		int timeout = (int)((wake < next_ping ? wake : next_ping) - fl_mono_ms());
 		if (timeout < 0)
 			timeout = 0;
 		if (sess && sess_timeout >= 0 && sess_timeout < timeout)
@@ -157,6 +184,7 @@ int agent_run(struct agent *a)
 			r = -errno;
 			agent_session_free(sess);
 			agent_serving_stop(a);
+			agent_report_close(a);
 			return r;
 		}
 		if (pfd[0].revents & POLLIN) {
@@ -164,8 +192,12 @@ int agent_run(struct agent *a)
 			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				fl_info("signal %u: stopping", si.ssi_signo);
 				fl_sd_notify("STOPPING=1");
+				/* The period so far goes into the outbox (sent at the
+				 * next start), while the runners still exist. */
+				agent_report_flush(a);
 				agent_session_free(sess);
 				agent_serving_stop(a); /* drains requests in flight */
+				agent_report_close(a);
 				return 0;
 			}
 		}
@@ -176,7 +208,9 @@ int agent_run(struct agent *a)
 			while (read(ifd, buf, sizeof(buf)) > 0)
 				;
 			/* A new file: look again once it has settled. */
-			next_scan = fl_mono_ms() + SPOOL_SETTLE_S * 1000 + 100;
+			int64_t settled = fl_mono_ms() + SPOOL_SETTLE_S * 1000 + 100;
+			if (settled < next_scan)
+				next_scan = settled; /* never later than the regular scan */
 		}
 	}
 }

@@ -31,9 +31,28 @@
 
 #define FRAME_HDR 52
 #define RANGE_MAX (256u * 1024u)
-#define TIMEOUT_MS 10000
+#define TIMEOUT_MS 10000 /* chunk index ranges; chunks before the first RTT sample */
+/* A chunk range times out when nothing at all has arrived for 3x the
+ * smoothed round trip (in [2 s, 10 s]) since it was asked for, or since the
+ * last answer: on a slow link the answers keep coming and the tail of the
+ * window just waits (TCP restarts its timer on every ACK alike); a lost
+ * request is noticed once the pipe is idle. HARD_TIMEOUT_MS catches a range
+ * lost while others flow. */
+#define RTO_MIN_MS 2000
+#define HARD_TIMEOUT_MS 60000
+/* The window follows the delivery rate: about RATE_WINDOW_MS worth of bytes,
+ * between WINDOW_MIN and AGENT_FETCH_WINDOW_BYTES, so a slow link does not
+ * queue more than the timeout can wait for. Measured every RATE_PERIOD_MS. */
+#define RATE_WINDOW_MS 1000
+#define RATE_PERIOD_MS 250
+#define WINDOW_MIN (256u * 1024u)
 #define HOLD_MAX_MS 30000
-#define SYNC_BYTES (256u * 1024u) /* durable progress at least this often */
+/* Durable progress: the stage records it every OTA_STAGE_SYNC_BYTES or
+ * OTA_STAGE_SYNC_CHUNKS; on a slow link also at least this often. A kill -9
+ * loses nothing written since (the .part files are read back on resume),
+ * a power cut at most that much. */
+#define SYNC_MS 10000
+#define EBUSY_RETRY_MS 20
 #define NOT_FOUND_MAX 30 /* "not found" answers before giving up */
 #define IDX_BAD_MAX 3 /* chunk indexes that fail their hash */
 
@@ -68,6 +87,18 @@ struct agent_fetch {
 	struct ota_stage *st;
 	struct outstanding out[AGENT_FETCH_WINDOW];
 	int n_out;
+	uint64_t out_bytes; /* bytes of the outstanding ranges */
+	struct ota_stage_want pend; /* taken from the stage, not yet asked for */
+	bool has_pend;
+	bool resumed; /* agent_fetch_resume(): look into the .part files */
+	int64_t sync_ms;
+	/* adaptive window and timeout */
+	uint64_t window; /* bytes */
+	double rate; /* bytes/s, smoothed */
+	uint64_t rate_bytes;
+	int64_t rate_t0;
+	double srtt; /* ms, 0: no sample yet */
+	int64_t last_frame_ms; /* last chunk frame taken */
 	int64_t hold_until;
 	int hold_ms;
 	int not_found;
@@ -181,6 +212,9 @@ static int fetch_init_common(struct agent_fetch *f)
 	f->phase = PH_INDEX;
 	f->tok_ms = fl_mono_ms();
 	f->tokens = 0;
+	f->sync_ms = f->tok_ms;
+	f->window = WINDOW_MIN;
+	f->rate_t0 = f->tok_ms;
 	return 0;
 }
 
@@ -262,6 +296,7 @@ int agent_fetch_resume(struct agent *a, const struct install_rec *rec, struct ag
 		r = -FL_ESTATE;
 	if (r == 0)
 		r = fetch_init_common(f);
+	f->resumed = true;
 	if (r < 0) {
 		if (f->s || ota_slots_open(a->models_dir, rec->model, &f->s) == 0)
 			agent_reject_staged(a, f->s, rec, r, "cannot resume the network install");
@@ -307,6 +342,8 @@ void agent_fetch_reconnected(struct agent_fetch *f)
 {
 	memset(f->out, 0, sizeof(f->out));
 	f->n_out = 0;
+	f->out_bytes = 0;
+	f->has_pend = false;
 	if (f->st)
 		ota_stage_reset_inflight(f->st);
 	f->ipending = false;
@@ -353,6 +390,7 @@ static void out_drop(struct agent_fetch *f, int i)
 {
 	f->out[i].used = false;
 	f->n_out--;
+	f->out_bytes -= f->out[i].len;
 }
 
 static void hold(struct agent_fetch *f, int64_t now)
@@ -365,7 +403,7 @@ static void hold(struct agent_fetch *f, int64_t now)
 static int send_req(const uint8_t (*ids)[FL_SHA256_LEN], const uint64_t *offs, const uint32_t *lens,
 		    size_t n, agent_fetch_send_fn send, void *ud)
 {
-	char buf[AGENT_FETCH_WINDOW * 140 + 32];
+	char buf[AGENT_FETCH_REQ_ITEMS * 140 + 32];
 	size_t k = (size_t)snprintf(buf, sizeof(buf), "{\"v\":1,\"req\":[");
 	for (size_t i = 0; i < n; i++) {
 		char h[FL_SHA256_HEX_LEN + 1];
@@ -423,15 +461,33 @@ static int open_stage(struct agent_fetch *f)
 		}
 		ota_manifest_free(am);
 	}
-	uint64_t before = 0, local = 0;
+	uint64_t before = 0, local = 0, recovered = 0;
 	ota_stage_progress(f->st, &before, NULL, NULL, NULL);
 	r = ota_stage_fill_local(f->st, &local);
 	if (r < 0)
 		return r;
+	/* After a restart: chunks written to the .part files but not yet in the
+	 * progress record (a kill -9 between two syncs) are still there; each
+	 * one is hashed before it counts, so a torn or lost write is fetched. */
+	size_t added = 0;
+	for (size_t i = 0; f->resumed && i < f->m->n_files; i++) {
+		_cleanup_free_ char *p = fl_asprintf("%s/%s" OTA_STAGE_PART_SUFFIX, dir,
+						     f->m->files[i].path);
+		if (p && access(p, F_OK) == 0 && ota_stage_add_source(f->st, p, f->idx[i]) == 0)
+			added++;
+	}
+	if (added) {
+		r = ota_stage_fill_local(f->st, &recovered);
+		if (r < 0)
+			return r;
+	}
 	f->stats.bytes_local = local;
-	f->stats.bytes_resumed = before;
-	fl_info("%s %s: %llu bytes resumed, %llu copied from the active slot", f->rec.model,
-		f->rec.version, (unsigned long long)before, (unsigned long long)local);
+	f->stats.bytes_resumed = before + recovered;
+	f->stats.bytes_recovered = recovered;
+	fl_info("%s %s: %llu bytes resumed (%llu of them read back from unrecorded writes), "
+		"%llu copied from the active slot",
+		f->rec.model, f->rec.version, (unsigned long long)(before + recovered),
+		(unsigned long long)recovered, (unsigned long long)local);
 	return 0;
 }
 
@@ -593,12 +649,57 @@ static void refill_tokens(struct agent_fetch *f, int64_t now)
 	f->tok_ms = now;
 }
 
+static int64_t rto(const struct agent_fetch *f)
+{
+	if (f->srtt <= 0)
+		return TIMEOUT_MS;
+	double t = 3.0 * f->srtt;
+	return t < RTO_MIN_MS ? RTO_MIN_MS : t > TIMEOUT_MS ? TIMEOUT_MS : (int64_t)t;
+}
+
+/* When outstanding range I times out (see RTO_MIN_MS). */
+static int64_t out_due(const struct agent_fetch *f, int i)
+{
+	int64_t from = f->out[i].sent_ms > f->last_frame_ms ? f->out[i].sent_ms : f->last_frame_ms;
+	int64_t due = from + rto(f), hard = f->out[i].sent_ms + HARD_TIMEOUT_MS;
+	return due < hard ? due : hard;
+}
+
+/* Window = the delivery rate x RATE_WINDOW_MS, clamped. */
+static void update_window(struct agent_fetch *f, int64_t now)
+{
+	int64_t dt = now - f->rate_t0;
+	if (dt < RATE_PERIOD_MS)
+		return;
+	double inst = (double)f->rate_bytes * 1000.0 / (double)dt;
+	f->rate = f->rate > 0 ? 0.5 * f->rate + 0.5 * inst : inst;
+	f->rate_bytes = 0;
+	f->rate_t0 = now;
+	double w = f->rate * RATE_WINDOW_MS / 1000.0;
+	f->window = w < WINDOW_MIN		  ? WINDOW_MIN
+		    : w > AGENT_FETCH_WINDOW_BYTES ? AGENT_FETCH_WINDOW_BYTES
+						   : (uint64_t)w;
+}
+
+/* Take the next range for a request: the held one or the stage's next
+ * missing chunk (0 when there is none). */
+static int take_want(struct agent_fetch *f, struct ota_stage_want *w)
+{
+	if (!f->has_pend) {
+		if (ota_stage_next_missing(f->st, &f->pend, 1) != 1)
+			return 0;
+		f->has_pend = true;
+	}
+	*w = f->pend;
+	return 1;
+}
+
 static int step_chunks(struct agent_fetch *f, int64_t now, agent_fetch_send_fn send, void *ud,
 		       int *next_ms)
 {
 	bool timed_out = false;
 	for (int i = 0; i < AGENT_FETCH_WINDOW; i++) {
-		if (f->out[i].used && now - f->out[i].sent_ms >= TIMEOUT_MS) {
+		if (f->out[i].used && now >= out_due(f, i)) {
 			ota_stage_release(f->st, f->out[i].id);
 			out_drop(f, i);
 			f->stats.timeouts++;
@@ -613,65 +714,86 @@ static int step_chunks(struct agent_fetch *f, int64_t now, agent_fetch_send_fn s
 		complete(f);
 		return 1;
 	}
+	if (f->unsynced && now - f->sync_ms >= SYNC_MS) {
+		int r = ota_stage_sync(f->st);
+		if (r < 0) {
+			fail(f, r, "recording progress failed");
+			return 0;
+		}
+		f->unsynced = 0;
+		f->sync_ms = now;
+	}
 	if (now < f->hold_until) {
 		*next_ms = (int)(f->hold_until - now);
 		return 0;
 	}
 	refill_tokens(f, now);
-	size_t free_slots = (size_t)(AGENT_FETCH_WINDOW - f->n_out);
-	if (!free_slots)
-		return 0;
-	struct ota_stage_want want[AGENT_FETCH_WINDOW];
+	update_window(f, now);
 	uint64_t cap = f->a->cfg.bandwidth_bps;
-	size_t n = 0;
-	if (cap) {
-		/* One at a time while paced: spend tokens before asking. */
-		while (n < free_slots && f->tokens > 0) {
-			if (ota_stage_next_missing(f->st, &want[n], 1) != 1)
-				break;
-			f->tokens -= want[n].len;
-			n++;
-		}
-		if (f->tokens <= 0) {
-			int wait = (int)(-f->tokens * 1000.0 / (double)cap) + 1;
-			*next_ms = wait < *next_ms || *next_ms < 0 ? wait : *next_ms;
-		}
-	} else {
-		int k = ota_stage_next_missing(f->st, want, free_slots);
-		n = k > 0 ? (size_t)k : 0;
-	}
-	if (!n)
+	/* Batch: ask again once a quarter of the window's bytes or a whole
+	 * request's worth of ranges is free (fewer, fuller chunk/req). */
+	if (f->n_out > 0 && f->out_bytes + f->window / 4 > f->window &&
+	    AGENT_FETCH_WINDOW - f->n_out < AGENT_FETCH_REQ_ITEMS)
 		return 0;
-	uint8_t ids[AGENT_FETCH_WINDOW][FL_SHA256_LEN];
-	uint64_t offs[AGENT_FETCH_WINDOW];
-	uint32_t lens[AGENT_FETCH_WINDOW];
-	for (size_t i = 0; i < n; i++) {
-		memcpy(ids[i], want[i].id, FL_SHA256_LEN);
-		offs[i] = 0;
-		lens[i] = want[i].len;
-	}
-	int r = send_req((const uint8_t(*)[FL_SHA256_LEN])ids, offs, lens, n, send, ud);
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			ota_stage_release(f->st, want[i].id);
-		if (cap)
+	for (;;) {
+		struct ota_stage_want want[AGENT_FETCH_REQ_ITEMS];
+		uint64_t bytes = 0;
+		size_t n = 0;
+		struct ota_stage_want w;
+		while (n < AGENT_FETCH_REQ_ITEMS && f->n_out + (int)n < AGENT_FETCH_WINDOW &&
+		       (!cap || f->tokens > 0) && take_want(f, &w)) {
+			/* Always room for one range when nothing is outstanding. */
+			if (f->n_out + (int)n > 0 &&
+			    f->out_bytes + bytes + w.len > f->window)
+				break; /* kept in f->pend for the next round */
+			f->has_pend = false;
+			if (cap)
+				f->tokens -= w.len;
+			want[n++] = w;
+			bytes += w.len;
+		}
+		if (!n)
+			break;
+		uint8_t ids[AGENT_FETCH_REQ_ITEMS][FL_SHA256_LEN];
+		uint64_t offs[AGENT_FETCH_REQ_ITEMS];
+		uint32_t lens[AGENT_FETCH_REQ_ITEMS];
+		for (size_t i = 0; i < n; i++) {
+			memcpy(ids[i], want[i].id, FL_SHA256_LEN);
+			offs[i] = 0;
+			lens[i] = want[i].len;
+		}
+		int r = send_req((const uint8_t(*)[FL_SHA256_LEN])ids, offs, lens, n, send, ud);
+		if (r < 0) {
 			for (size_t i = 0; i < n; i++)
-				f->tokens += want[i].len;
-		f->hold_until = now + 200;
-		*next_ms = 200;
-		return 0;
-	}
-	f->stats.requests++;
-	for (size_t i = 0; i < n; i++) {
-		for (int j = 0; j < AGENT_FETCH_WINDOW; j++) {
-			if (!f->out[j].used) {
-				f->out[j] = (struct outstanding){
-					.used = true, .len = want[i].len, .sent_ms = now};
-				memcpy(f->out[j].id, want[i].id, FL_SHA256_LEN);
-				f->n_out++;
-				break;
+				ota_stage_release(f->st, want[i].id);
+			if (cap)
+				f->tokens += (double)bytes;
+			/* A full publish window frees up with the broker's next
+			 * PUBACK; anything else (not connected...) waits longer. */
+			int d = r == -FL_EBUSY ? EBUSY_RETRY_MS : 200;
+			f->hold_until = now + d;
+			*next_ms = d;
+			return 0;
+		}
+		f->stats.requests++;
+		for (size_t i = 0; i < n; i++) {
+			for (int j = 0; j < AGENT_FETCH_WINDOW; j++) {
+				if (!f->out[j].used) {
+					f->out[j] = (struct outstanding){
+						.used = true, .len = want[i].len, .sent_ms = now};
+					memcpy(f->out[j].id, want[i].id, FL_SHA256_LEN);
+					f->n_out++;
+					f->out_bytes += want[i].len;
+					break;
+				}
 			}
 		}
+		if (n < AGENT_FETCH_REQ_ITEMS)
+			break; /* the window, the cap or the stage stopped it */
+	}
+	if (cap && f->tokens <= 0) {
+		int wait = (int)(-f->tokens * 1000.0 / (double)cap) + 1;
+		*next_ms = wait < *next_ms || *next_ms < 0 ? wait : *next_ms;
 	}
 	return 0;
 }
@@ -696,8 +818,8 @@ int agent_fetch_step(struct agent_fetch *f, int64_t now, agent_fetch_send_fn sen
 	if (f->phase == PH_INDEX && f->ipending)
 		due = f->isent_ms + TIMEOUT_MS;
 	for (int i = 0; i < AGENT_FETCH_WINDOW; i++)
-		if (f->out[i].used && (due < 0 || f->out[i].sent_ms + TIMEOUT_MS < due))
-			due = f->out[i].sent_ms + TIMEOUT_MS;
+		if (f->out[i].used && (due < 0 || out_due(f, i) < due))
+			due = out_due(f, i);
 	if (f->hold_until > now && (due < 0 || f->hold_until < due))
 		due = f->hold_until;
 	if (due >= 0) {
@@ -754,6 +876,8 @@ int agent_fetch_on_frame(struct agent_fetch *f, const void *frame, size_t len, i
 		return 0;
 	}
 	f->stats.bytes_fetched += dlen;
+	f->rate_bytes += dlen;
+	f->last_frame_ms = now;
 	int r = ota_stage_put_chunk(f->st, id, p + FRAME_HDR, dlen);
 	if (r == -FL_EHASH || r == -FL_ESIZE) {
 		/* Corrupted on the way (or by the controller): ask again. */
@@ -765,7 +889,9 @@ int agent_fetch_on_frame(struct agent_fetch *f, const void *frame, size_t len, i
 		return 0;
 	}
 	if (i >= 0) {
-		f->stats.rtt_sum_ms += (uint64_t)(now - f->out[i].sent_ms);
+		int64_t rtt = now - f->out[i].sent_ms;
+		f->stats.rtt_sum_ms += (uint64_t)rtt;
+		f->srtt = f->srtt > 0 ? 0.875 * f->srtt + 0.125 * (double)rtt : (double)rtt;
 		f->stats.rtt_n++;
 		out_drop(f, i);
 	}
@@ -777,13 +903,5 @@ int agent_fetch_on_frame(struct agent_fetch *f, const void *frame, size_t len, i
 	}
 	f->hold_ms = 500;
 	f->unsynced += dlen;
-	if (f->unsynced >= SYNC_BYTES) {
-		f->unsynced = 0;
-		r = ota_stage_sync(f->st);
-		if (r < 0) {
-			fail(f, r, "recording progress failed");
-			return r;
-		}
-	}
 	return 0;
 }

@@ -10,7 +10,20 @@
 
 #include "agent.h"
 
-#define AGENT_FETCH_WINDOW 8 /* ranges outstanding at most */
+/* The request window (docs/protocol.md "Window"): chunk bytes asked for
+ * and not yet answered, at most about one second of the measured delivery
+ * rate, between 256 KiB and AGENT_FETCH_WINDOW_BYTES, and at most
+ * AGENT_FETCH_WINDOW ranges; a new chunk/req goes out once a quarter of the
+ * bytes (or a full request's worth of ranges) is free, with up to
+ * AGENT_FETCH_REQ_ITEMS ranges. A restart or reconnect re-fetches at most
+ * one window. */
+#define AGENT_FETCH_WINDOW_BYTES (2u << 20)
+#define AGENT_FETCH_WINDOW 32
+#define AGENT_FETCH_REQ_ITEMS 8
+/* chunk/req publishes not yet acknowledged by the broker (the session's
+ * publish window adds room for state and events; mosquitto's receive
+ * maximum is 20). */
+#define AGENT_FETCH_REQS_INFLIGHT 8
 
 struct agent_fetch;
 
@@ -21,6 +34,8 @@ struct agent_fetch_stats {
 	uint64_t bytes_fetched; /* chunk/dat payload bytes taken in by this process */
 	uint64_t bytes_local; /* copied from the active slot */
 	uint64_t bytes_resumed; /* already staged when this process started */
+	uint64_t bytes_recovered; /* of those, read back from the .part files (written,
+				   * not yet recorded when the previous process ended) */
 	uint64_t bytes_done, bytes_total, chunks_done, chunks_total;
 	uint64_t requests, timeouts, bad_chunks, bad_frames;
 	uint64_t rtt_sum_ms, rtt_n; /* request -> answer of payload chunks */

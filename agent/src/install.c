@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "agent.h"
+#include "report.h"
 #include <flotilla/bundle.h>
 #include <flotilla/chunkidx.h>
 #include <flotilla/hash.h>
@@ -21,6 +22,8 @@
 #include <flotilla/failpoint.h>
 #include <flotilla/fs.h>
 #include <flotilla/log.h>
+#include <flotilla/sdnotify.h>
+#include <flotilla/tele_metrics.h>
 #include <flotilla/util.h>
 
 FL_DEFINE_CLEANUP(struct ota_bundle, ota_bundle_free)
@@ -192,6 +195,8 @@ int agent_preflight(struct agent *a, const struct ota_manifest *m, struct ota_sl
 	r = ota_compat_check(m, &dev, why, why_len);
 	if (r < 0)
 		return r;
+	if ((r = agent_exec_check(&a->cfg, m, why, why_len)) < 0)
+		return r;
 	uint64_t need = 0, avail = 0;
 	for (size_t i = 0; i < m->n_files; i++)
 		need += m->files[i].size;
@@ -208,6 +213,15 @@ int agent_preflight(struct agent *a, const struct ota_manifest *m, struct ota_sl
 		return -FL_ENOSPACE;
 	}
 	return 0;
+}
+
+/* An install runs inside the service loop (daemon.c), which pings the
+ * systemd watchdog only between steps: a long staging + acceptance must not
+ * get the agent killed as hung. Ping at each step of progress (and per
+ * acceptance test, accept.c). No NOTIFY_SOCKET (the CLI): does nothing. */
+static void install_keepalive(void)
+{
+	fl_sd_notify("WATCHDOG=1");
 }
 
 /* Undo a staging that did not reach the switch: the inactive slot is emptied
@@ -240,16 +254,25 @@ int agent_reject_staged(struct agent *a, struct ota_slots *s, const struct insta
 /* From SWITCHING on: point `current` at the new slot, route requests to
  * RUNNER (already answering; NULL when not serving), then trial or commit. */
 static int finish_switch(struct agent *a, struct ota_slots *s, struct install_rec *rec,
-			 const struct ota_manifest *m, struct rt_runner *runner)
+			 const struct ota_manifest *m, struct rt_runner *runner, int64_t t_switching)
 {
 	int r = ota_slots_switch(s, rec->to_slot);
 	if (r < 0) {
 		agent_serving_commit_abandon(a, runner);
 		return r;
 	}
+	int64_t t_renamed = fl_mono_ns(), t_routed = 0;
 	if (runner)
-		agent_serving_commit(a, rec->model, runner);
-	agent_event(a, rec->model, "install.switched", rec->version, 0, NULL);
+		t_routed = agent_serving_commit(a, rec->model, runner);
+	char how[128] = "";
+	if (t_routed && t_switching) {
+		/* SWITCHING journaled -> new requests on the new slot's runner
+		 * (bench/install.sh reports it) */
+		snprintf(how, sizeof(how), "serving slot %c %.3f ms after SWITCHING (rename %.3f ms)",
+			 rec->to_slot, (double)(t_routed - t_switching) / 1e6,
+			 (double)(t_renamed - t_switching) / 1e6);
+	}
+	agent_event(a, rec->model, "install.switched", rec->version, 0, how[0] ? how : NULL);
 	if (m->trial.window_s > 0 && rec->from_slot) {
 		r = journal_install_set(a->journal, rec->id, ST_TRIAL, NULL);
 		if (r == 0)
@@ -265,15 +288,23 @@ static int finish_switch(struct agent *a, struct ota_slots *s, struct install_re
 int agent_finish_staged(struct agent *a, struct ota_slots *s, struct install_rec *rec,
 			const struct ota_manifest *m)
 {
+	install_keepalive();
 	int r = journal_install_set(a->journal, rec->id, ST_TESTING, NULL);
 	if (r < 0)
 		return r;
 	char why[512] = "";
-	r = agent_acceptance(m, ota_slots_dir(s, rec->to_slot), why, sizeof(why));
+	struct tele_quality *q = malloc(sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	r = agent_acceptance(m, ota_slots_dir(s, rec->to_slot), q, why, sizeof(why));
+	if (r == 0) /* the version's quality baseline, before the switch */
+		agent_report_baseline(a, rec->model, rec->version, q);
+	free(q);
 	if (r < 0) {
 		int k = agent_reject_staged(a, s, rec, r, why[0] ? why : "acceptance tests failed");
 		return k < 0 ? k : r;
 	}
+	install_keepalive();
 	/* When serving, the new version must answer in its own runner before
 	 * the switch, so the swap drops nothing. */
 	struct rt_runner *runner = NULL;
@@ -283,12 +314,13 @@ int agent_finish_staged(struct agent *a, struct ota_slots *s, struct install_rec
 		int k = agent_reject_staged(a, s, rec, -FL_EACCEPT, why);
 		return k < 0 ? k : -FL_EACCEPT;
 	}
+	int64_t t_switching = fl_mono_ns();
 	r = journal_install_set(a->journal, rec->id, ST_SWITCHING, NULL);
 	if (r < 0) {
 		agent_serving_commit_abandon(a, runner);
 		return r;
 	}
-	return finish_switch(a, s, rec, m, runner);
+	return finish_switch(a, s, rec, m, runner, t_switching);
 }
 
 int agent_install_bundle(struct agent *a, const char *path)
@@ -351,6 +383,7 @@ int agent_install_bundle(struct agent *a, const char *path)
 	r = ota_slots_clear(s, rec.to_slot);
 	if (r < 0)
 		return r;
+	install_keepalive();
 	r = FL_FAILPOINT("install.before_extract");
 	if (r == 0)
 		r = ota_bundle_extract(b, ota_slots_dir(s, rec.to_slot));
@@ -444,7 +477,7 @@ static int recover_model(void *ud, const char *model)
 		r = slot_manifest(a, model, rec.to_slot, &m);
 		if (r < 0)
 			return r;
-		return finish_switch(a, s, &rec, m, NULL);
+		return finish_switch(a, s, &rec, m, NULL, 0);
 	}
 	case ST_TRIAL: {
 		if (!rc->daemon_start)
@@ -549,15 +582,29 @@ static int tick_model(void *ud, const char *model)
 	/* What the runner saw since the switch, when this agent serves it. */
 	uint32_t crashes = 0, failed = 0, requests = 0;
 	bool served = agent_serving_trial_stats(a, model, &crashes, &failed, &requests) == 0;
+	/* The runner counts answered requests and failed ones apart; the gate
+	 * (min_requests, error rate) judges all of them. */
+	requests += failed;
+	double p95 = 0;
+	uint32_t n_lat = 0;
+	if (served && m->trial.max_p95_latency_ms)
+		agent_serving_trial_latency(a, model, 0.95, &p95, &n_lat);
+	uint32_t min_req = m->trial.min_requests ? m->trial.min_requests : 1;
 	char why[256] = "";
 	if (served && crashes >= TRIAL_MAX_CRASHES)
 		snprintf(why, sizeof(why), "crash loop: the runner crashed %u times during the trial",
 			 crashes);
-	else if (served && requests >= (m->trial.min_requests ? m->trial.min_requests : 1) &&
+	else if (served && requests >= min_req &&
 		 (double)failed / requests > m->trial.max_error_rate)
 		snprintf(why, sizeof(why), "error rate %.3f over %u requests, limit %.3f",
 			 (double)failed / requests, requests, m->trial.max_error_rate);
+	else if (served && m->trial.max_p95_latency_ms && n_lat >= min_req &&
+		 p95 > m->trial.max_p95_latency_ms)
+		snprintf(why, sizeof(why), "latency p95 %.1f ms over %u requests, limit %u ms", p95,
+			 n_lat, m->trial.max_p95_latency_ms);
 	if (why[0]) {
+		agent_report_trial(a, model, crashes, TRIAL_MAX_CRASHES, failed, requests,
+				   m->trial.max_error_rate);
 		agent_event(a, model, "install.trial_failed", rec.version, 0, why);
 		return agent_revert(a, model, why);
 	}
@@ -568,8 +615,17 @@ static int tick_model(void *ud, const char *model)
 	if (served && requests < m->trial.min_requests)
 		return 0;
 	r = journal_install_commit(a->journal, &rec);
-	if (r == 0)
-		agent_event(a, model, "install.committed", rec.version, 0, "trial window passed");
+	if (r == 0) {
+		char how[160] = "trial window passed";
+		if (served)
+			snprintf(how, sizeof(how),
+				 "trial window passed: %u requests, %u failed, %u crashes", requests,
+				 failed, crashes);
+		if (served && n_lat)
+			snprintf(how + strlen(how), sizeof(how) - strlen(how), ", p95 %.1f ms (limit %u ms)",
+				 p95, m->trial.max_p95_latency_ms);
+		agent_event(a, model, "install.committed", rec.version, 0, how);
+	}
 	return r;
 }
 

@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "agent.h"
+#include "report.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/fs.h>
@@ -40,6 +41,8 @@ struct served {
 	/* Runner counters when the current version started serving: a trial
 	 * judges only what happened since. */
 	uint32_t base_crashes, base_failed, base_requests;
+	uint32_t base_lat[RT_RUNNER_LAT_BUCKETS];
+	uint32_t seen_crashes; /* crashes already logged */
 };
 
 struct agent_serving {
@@ -89,6 +92,26 @@ static void refresh_status(struct agent *a)
 			cJSON_AddNumberToObject(o, "requests", st.n_requests);
 			cJSON_AddNumberToObject(o, "failed", st.n_failed);
 			cJSON_AddNumberToObject(o, "crashes", st.n_crashes);
+			cJSON_AddNumberToObject(o, "rejected", st.n_rejected);
+			if (st.n_crashes > e->seen_crashes) {
+				/* say why, once per crash: the end of the runner's stderr */
+				char tail[RT_RUNNER_CRASH_TAIL_BYTES];
+				size_t n = rt_runner_crash_tail(e->runner, tail, sizeof(tail));
+				while (n && tail[n - 1] == '\n')
+					tail[--n] = '\0';
+				const char *last = n ? tail + n : tail;
+				for (int lines = 0; last > tail && lines < 3; last--)
+					if (last[-1] == '\n' && ++lines == 3)
+						break;
+				for (char *p = (char *)last; *p; p++)
+					if (*p == '\n')
+						*p = '|';
+				fl_warn("serve %s: runner crashed (%s %d; %s, %u crashes): %s", e->model,
+					st.last_exit_signal ? "signal" : "exit status",
+					st.last_exit_signal ? st.last_exit_signal : st.last_exit_status,
+					rt_runner_state_name(st.state), st.n_crashes, last);
+				e->seen_crashes = st.n_crashes;
+			}
 		} else {
 			cJSON_AddStringToObject(o, "runner", "none");
 		}
@@ -149,10 +172,18 @@ int agent_runner_start(const struct ota_manifest *m, const char *dir, struct rt_
 	if (n <= 0)
 		return -errno;
 	exe[n] = '\0';
-	struct rt_runner_config rc = {.exe = exe, .backend = "gguf", .model_path = path};
+	struct rt_runner_config rc = {.exe = exe, .backend = agent_backend_of(m), .model_path = path};
 	rt_runner_limits_default(&rc.limits);
 	int64_t v;
-	const cJSON *lim = NULL;
+	const cJSON *lim = NULL, *exec = NULL;
+	_cleanup_free_ char *exec_json = NULL;
+	if (m->runtime && !strcmp(rc.backend, "exec")) {
+		/* the external server's command line and options (backend_exec.c) */
+		if (fl_json_get_obj(m->runtime, "exec", &exec) < 0 ||
+		    !(exec_json = cJSON_PrintUnformatted(exec)))
+			return -FL_ECONFIG;
+		rc.backend_config = exec_json;
+	}
 	if (m->runtime) {
 		if (fl_json_get_int(m->runtime, "threads", 1, 256, &v) == 0)
 			rc.limits.n_threads = (int)v;
@@ -292,6 +323,7 @@ int agent_serving_start(struct agent *a)
 	sc.ops.release = ops_release;
 	sc.ops.list_models = ops_list;
 	sc.ops.status_json = status_json;
+	sc.ops.observe = agent_report_observe; /* telemetry */
 	sc.userdata = s;
 	refresh_status(a);
 	r = rt_serve_start(&sc, &s->srv);
@@ -332,19 +364,20 @@ int agent_serving_prepare(struct agent *a, const char *model, char slot,
 	return start_runner(a, model, slot, m, ret_runner);
 }
 
-void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner)
+int64_t agent_serving_commit(struct agent *a, const char *model, struct rt_runner *runner)
 {
 	struct agent_serving *s = a->serving;
 	if (!s)
-		return;
+		return 0;
 	struct served *e = served_find(s, model, runner != NULL);
 	if (!e)
-		return;
+		return 0;
 	struct rt_runner *old = NULL;
 	if (rt_serve_router_set(s->router, model, runner, &old) < 0) {
 		rt_runner_stop(runner, STOP_GRACE_MS);
-		return;
+		return 0;
 	}
+	int64_t routed = fl_mono_ns();
 	e->runner = runner;
 	/* The slot and version now current. */
 	struct ota_slots *slots = NULL;
@@ -357,6 +390,7 @@ void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *
 		}
 		ota_slots_free(slots);
 	}
+	agent_report_runner(a, model, runner ? e->version : NULL, runner);
 	agent_serving_trial_reset(a, model);
 	if (old) {
 		if (rt_serve_router_wait_idle(s->router, old, DRAIN_MS) < 0)
@@ -367,6 +401,7 @@ void agent_serving_commit(struct agent *a, const char *model, struct rt_runner *
 	if (!runner)
 		e->model[0] = '\0';
 	refresh_status(a);
+	return routed;
 }
 
 void agent_serving_trial_reset(struct agent *a, const char *model)
@@ -379,6 +414,26 @@ void agent_serving_trial_reset(struct agent *a, const char *model)
 	e->base_crashes = st.n_crashes;
 	e->base_failed = st.n_failed;
 	e->base_requests = st.n_requests;
+	e->seen_crashes = st.n_crashes;
+	rt_runner_latency(e->runner, e->base_lat);
+}
+
+int agent_serving_trial_latency(struct agent *a, const char *model, double q, double *ret_ms,
+				uint32_t *ret_n)
+{
+	struct served *e = a->serving ? served_find(a->serving, model, false) : NULL;
+	if (!e || !e->runner)
+		return -ENOENT;
+	uint32_t h[RT_RUNNER_LAT_BUCKETS];
+	rt_runner_latency(e->runner, h);
+	uint32_t n = 0;
+	for (int i = 0; i < RT_RUNNER_LAT_BUCKETS; i++) {
+		h[i] -= e->base_lat[i];
+		n += h[i];
+	}
+	*ret_ms = rt_latency_quantile_ms(h, q);
+	*ret_n = n;
+	return 0;
 }
 
 int agent_serving_trial_stats(struct agent *a, const char *model, uint32_t *ret_crashes,

@@ -8,8 +8,9 @@
  *     anything else), revert, keyring, ping; the last 64 ids are remembered
  *     in the journal so a redelivered command is dropped
  *   - chunk/dat: handed to the running network install (fetch.c)
- *   - install events: through the telemetry outbox to .../event (QoS 1,
- *     acknowledged records deleted on PUBACK, rewound on reconnect)
+ *   - telemetry (events and metrics): report.c's outbox, published from
+ *     here (QoS 1, acknowledged records deleted on PUBACK, rewound on
+ *     reconnect)
  * Anything else, malformed or oversized is counted and dropped. */
 #include <errno.h>
 #include <poll.h>
@@ -20,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "fetch.h"
+#include "report.h"
 #include "session.h"
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
@@ -27,8 +29,6 @@
 #include <flotilla/log.h>
 #include <flotilla/manifest.h>
 #include <flotilla/mqtt.h>
-#include <flotilla/tele_metrics.h>
-#include <flotilla/tele_outbox.h>
 #include <flotilla/util.h>
 
 #define AGENT_VERSION "0.1.0"
@@ -41,7 +41,7 @@
 struct agent_session {
 	struct agent *a;
 	struct fl_mqtt *m;
-	char t_state[160], t_cmd[160], t_dat[160], t_req[160], t_event[160];
+	char t_state[160], t_cmd[160], t_dat[160], t_req[160], t_ack[160];
 	char offline[256];
 	char arch[64];
 	uint64_t ram_mb;
@@ -50,9 +50,6 @@ struct agent_session {
 	bool state_due;
 	int64_t last_state_ms;
 	uint64_t state_token; /* 0: none in flight */
-	struct tele_outbox *ob;
-	struct tele_batch *ev_batch;
-	uint64_t ev_token;
 	struct agent_session_stats st;
 	int64_t refuse_window_ms; /* rate limit of events for unverifiable deploys */
 	int refuse_count;
@@ -63,96 +60,6 @@ struct agent_session {
 static const char *slot_status_name(enum slot_status s)
 {
 	return s == SLOT_READY ? "ready" : s == SLOT_STAGING ? "staging" : "empty";
-}
-
-/* ---------------------------------------------------------------- events */
-
-static const char *reason_code(int err)
-{
-	switch (err) {
-	case -FL_EBADSIG: return "bad_signature";
-	case -FL_ENOSIG: return "unsigned";
-	case -FL_EKEYUNKNOWN: return "unknown_key";
-	case -FL_EKEYREVOKED: return "key_revoked";
-	case -FL_EREPLAY: return "replay";
-	case -FL_EEXPIRED:
-	case -FL_EKEYEXPIRED:
-	case -FL_EKEYRINGEXPIRED: return "expired";
-	case -FL_ENOTDELEGATED: return "not_delegated";
-	case -FL_EINCOMPAT: return "incompatible";
-	case -FL_EACCEPT: return "acceptance";
-	case -FL_ENOSPACE: return "no_space";
-	case -FL_ESTATE:
-	case -FL_EBUSY: return "busy";
-	case -FL_EHASH: return "hash";
-	case 0: return NULL;
-	default: return "error";
-	}
-}
-
-static void on_event(void *ud, const char *model, const char *kind, const char *version, int err,
-		     const char *reason)
-{
-	struct agent_session *s = ud;
-	static const struct {
-		const char *name;
-		enum tele_event_kind kind;
-	} map[] = {
-		{"install.started", TELE_EV_INSTALL_STARTED},
-		{"install.staged", TELE_EV_INSTALL_STAGED},
-		{"install.rejected", TELE_EV_INSTALL_REJECTED},
-		{"install.switched", TELE_EV_SWITCHED},
-		{"install.trial_failed", TELE_EV_TRIAL_FAILED},
-		{"install.committed", TELE_EV_COMMITTED},
-		{"install.rolled_back", TELE_EV_ROLLED_BACK},
-	};
-	s->state_due = true;
-	if (!s->ob)
-		return;
-	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-		if (strcmp(map[i].name, kind))
-			continue;
-		const char *code = reason_code(err);
-		if (map[i].kind == TELE_EV_INSTALL_REJECTED && !code)
-			code = "error";
-		else if (map[i].kind == TELE_EV_TRIAL_FAILED)
-			code = "crash_loop";
-		else if (map[i].kind == TELE_EV_ROLLED_BACK)
-			code = "revert";
-		else if (!code)
-			code = "ok";
-		char text[TELE_TEXT_MAX];
-		snprintf(text, sizeof(text), "%s%s%s", reason ? reason : "",
-			 err && reason ? ": " : "", err ? fl_strerror(err) : "");
-		struct tele_event ev = {.kind = map[i].kind,
-					.model = model && fl_name_valid(model, 64) ? model : NULL,
-					.version = version && fl_name_valid(version, 64) ? version
-											 : NULL,
-					.reason = code,
-					.text = text[0] ? text : NULL};
-		cJSON *body = NULL;
-		int r = tele_record_event(&ev, fl_now_s(), &body);
-		if (r == 0)
-			r = tele_outbox_push_event(s->ob, body, NULL);
-		cJSON_Delete(body);
-		if (r < 0)
-			fl_warn("event %s not queued for the controller: %s", kind, fl_strerror(r));
-		return;
-	}
-}
-
-static void events_pump(struct agent_session *s)
-{
-	if (!s->ob || s->ev_token || !fl_mqtt_connected(s->m))
-		return;
-	if (!s->ev_batch &&
-	    tele_outbox_take(s->ob, TELE_STREAM_EVENTS, 256 * 1024, &s->ev_batch) <= 0)
-		return;
-	uint64_t tok;
-	int r = fl_mqtt_publish(s->m, s->t_event, s->ev_batch->data, s->ev_batch->len, 1, false,
-				&tok);
-	if (r == 0)
-		s->ev_token = tok;
 }
 
 /* ----------------------------------------------------------------- state */
@@ -234,7 +141,14 @@ int agent_session_state_json(struct agent_session *s, char **ret, size_t *ret_le
 	cJSON *hw = cJSON_AddObjectToObject(root, "hw");
 	cJSON_AddStringToObject(hw, "arch", s->arch);
 	cJSON_AddNumberToObject(hw, "ram_mb", (double)s->ram_mb);
-	cJSON_AddArrayToObject(hw, "accelerators");
+	cJSON *acc = cJSON_AddArrayToObject(hw, "accelerators");
+	if (acc && s->a->cfg.hw_accelerators[0]) {
+		char buf[sizeof(s->a->cfg.hw_accelerators)];
+		fl_strlcpy(buf, s->a->cfg.hw_accelerators, sizeof(buf));
+		char *save = NULL;
+		for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+			cJSON_AddItemToArray(acc, cJSON_CreateString(t));
+	}
 	cJSON *be = cJSON_AddArrayToObject(hw, "backends");
 	for (size_t i = 0; agent_backends[i]; i++)
 		cJSON_AddItemToArray(be, cJSON_CreateString(agent_backends[i]));
@@ -496,22 +410,19 @@ int agent_session_new(struct agent *a, struct agent_session **ret)
 	snprintf(s->t_cmd, sizeof(s->t_cmd), "flotilla/v1/dev/%s/cmd", id);
 	snprintf(s->t_dat, sizeof(s->t_dat), "flotilla/v1/dev/%s/chunk/dat", id);
 	snprintf(s->t_req, sizeof(s->t_req), "flotilla/v1/dev/%s/chunk/req", id);
-	snprintf(s->t_event, sizeof(s->t_event), "flotilla/v1/dev/%s/event", id);
+	snprintf(s->t_ack, sizeof(s->t_ack), "flotilla/v1/dev/%s/tele/ack", id);
 	int n = snprintf(s->offline, sizeof(s->offline),
 			 "{\"v\":1,\"device\":\"%s\",\"online\":false}", id);
 	struct ota_device_info dev;
 	if (ota_device_info_probe(&dev, s->arch, sizeof(s->arch)) == 0)
 		s->ram_mb = dev.ram_mb;
+	if (c->hw_arch[0]) /* [hw] overrides what was detected (simulation, tests) */
+		fl_strlcpy(s->arch, c->hw_arch, sizeof(s->arch));
+	if (c->hw_ram_mb)
+		s->ram_mb = c->hw_ram_mb;
 	int r = 0;
 	if (c->labels[0])
 		r = agent_labels_parse(c->labels, &s->labels);
-	char db[1200];
-	snprintf(db, sizeof(db), "%s/state.db", c->state_dir);
-	struct tele_outbox_opts oo = {.device_id = id};
-	if (r == 0 && tele_outbox_open(db, &oo, &s->ob) < 0) {
-		fl_warn("telemetry outbox unavailable: events stay in the journal only");
-		s->ob = NULL;
-	}
 	struct fl_mqtt_opts o;
 	fl_mqtt_opts_init(&o);
 	o.uri = c->mqtt_uri;
@@ -527,20 +438,21 @@ int agent_session_new(struct agent *a, struct agent_session **ret)
 	o.will_qos = 1;
 	o.will_retain = true;
 	o.max_msg_bytes = CMD_MAX + 1024;
-	/* chunk/req (QoS 1, up to 8 in flight) + state + one event batch. */
-	o.max_inflight = 2 * AGENT_FETCH_WINDOW;
+	/* chunk/req (QoS 1, AGENT_FETCH_REQS_INFLIGHT) + state + one telemetry
+	 * batch per stream; below mosquitto's receive maximum (20). */
+	o.max_inflight = 2 * AGENT_FETCH_REQS_INFLIGHT;
 	if (r == 0)
 		r = fl_mqtt_new(&o, &s->m);
 	if (r == 0)
 		r = fl_mqtt_subscribe(s->m, s->t_cmd, 1);
 	if (r == 0)
 		r = fl_mqtt_subscribe(s->m, s->t_dat, 1);
+	if (r == 0 && s->a->report) /* telemetry confirmations (report.c) */
+		r = fl_mqtt_subscribe(s->m, s->t_ack, 0);
 	if (r < 0) {
 		agent_session_free(s);
 		return r;
 	}
-	a->on_event = on_event;
-	a->on_event_ud = s;
 	journal_pending_models(a->journal, resume_cb, s);
 	fl_mqtt_start(s->m);
 	fl_info("mqtt: %s as %s", c->mqtt_uri, id);
@@ -561,11 +473,7 @@ static void handle_event(struct agent_session *s, struct fl_mqtt_event *ev, int6
 		s->st.connects++;
 		s->state_due = true;
 		s->last_state_ms = 0;
-		if (s->ob) {
-			tele_outbox_rewind(s->ob);
-			tele_batch_free(s->ev_batch);
-			s->ev_batch = NULL;
-		}
+		agent_report_connected(s->a);
 		if (s->fetch)
 			agent_fetch_reconnected(s->fetch);
 		break;
@@ -576,6 +484,8 @@ static void handle_event(struct agent_session *s, struct fl_mqtt_event *ev, int6
 	case FL_MQTT_EV_MESSAGE:
 		if (!strcmp(ev->topic, s->t_cmd)) {
 			on_cmd(s, (const char *)ev->payload, ev->len);
+		} else if (!strcmp(ev->topic, s->t_ack)) {
+			agent_report_on_ack(s->a, ev->payload, ev->len);
 		} else if (!strcmp(ev->topic, s->t_dat)) {
 			s->st.frames++;
 			if (!s->fetch || ev->len > FRAME_MAX ||
@@ -592,14 +502,8 @@ static void handle_event(struct agent_session *s, struct fl_mqtt_event *ev, int6
 			s->state_token = 0;
 			if (!ok)
 				s->state_due = true;
-		} else if (ev->token && ev->token == s->ev_token) {
-			s->ev_token = 0;
-			if (ok && s->ev_batch)
-				tele_outbox_ack(s->ob, s->ev_batch->seqs, s->ev_batch->n_seqs);
-			if (ok) {
-				tele_batch_free(s->ev_batch);
-				s->ev_batch = NULL;
-			}
+		} else {
+			agent_report_published(s->a, ev->token, ok);
 		}
 		break;
 	}
@@ -640,7 +544,7 @@ int agent_session_run(struct agent_session *s, int *ret_timeout_ms)
 		}
 	}
 	state_pump(s, fl_mono_ms(), &next);
-	events_pump(s);
+	agent_report_pump(s->a, s->m);
 	int tnext = -1;
 	fl_mqtt_tick(s->m, fl_mono_ms(), &tnext);
 	if (tnext >= 0 && (next < 0 || tnext < next))
@@ -689,14 +593,8 @@ void agent_session_free(struct agent_session *s)
 		return;
 	if (s->m)
 		publish_offline(s);
-	if (s->a->on_event_ud == s) {
-		s->a->on_event = NULL;
-		s->a->on_event_ud = NULL;
-	}
 	agent_fetch_free(s->fetch);
 	fl_mqtt_free(s->m);
-	tele_batch_free(s->ev_batch);
-	tele_outbox_close(s->ob);
 	cJSON_Delete(s->labels);
 	free(s);
 }

@@ -1,4 +1,19 @@
-/* The one file that touches OpenSSL's digest API. */
+/* The one file that touches OpenSSL's digest API.
+ *
+ * SHA-256 goes through OpenSSL's low-level SHA256_Init/Update/Final, not
+ * EVP: in OpenSSL 3 the first EVP_sha256()/SHA256()/EVP_Digest() runs
+ * EVP_MD_fetch, which initialises the provider machinery (default provider,
+ * method stores, name maps) and costs the agent ~1.9 MiB of resident
+ * libcrypto pages at start, when it hashes its trust store's keys
+ * (docs/serving.md, "Memory"). The low-level functions run the same
+ * assembly (SHA-NI / AVX2 chosen by OPENSSL_cpuid) without providers.
+ * They are deprecated in 3.0 but still exported and supported for the
+ * whole 3.x series; the suppression below is scoped to this file. If a
+ * future OpenSSL drops them, the EVP version is a drop-in replacement
+ * here. Nothing else in libcrypto is used from this file but the base64
+ * encoder, which needs no provider either. */
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -8,13 +23,14 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/hash.h>
 
 struct fl_sha256 {
-	EVP_MD_CTX *ctx;
+	SHA256_CTX ctx;
 };
 
 struct fl_sha256 *fl_sha256_new(void)
@@ -22,43 +38,40 @@ struct fl_sha256 *fl_sha256_new(void)
 	struct fl_sha256 *h = calloc(1, sizeof(*h));
 	if (!h)
 		return NULL;
-	h->ctx = EVP_MD_CTX_new();
-	if (!h->ctx || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(h->ctx);
-		free(h);
-		return NULL;
-	}
+	SHA256_Init(&h->ctx);
 	return h;
 }
 
 void fl_sha256_update(struct fl_sha256 *h, const void *data, size_t len)
 {
-	EVP_DigestUpdate(h->ctx, data, len);
+	SHA256_Update(&h->ctx, data, len);
 }
 
 void fl_sha256_final(struct fl_sha256 *h, uint8_t out[FL_SHA256_LEN])
 {
-	unsigned int n = FL_SHA256_LEN;
-	EVP_DigestFinal_ex(h->ctx, out, &n);
+	SHA256_Final(out, &h->ctx);
 }
 
 void fl_sha256_reset(struct fl_sha256 *h)
 {
-	EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL);
+	SHA256_Init(&h->ctx);
 }
 
 void fl_sha256_free(struct fl_sha256 *h)
 {
 	if (!h)
 		return;
-	EVP_MD_CTX_free(h->ctx);
+	OPENSSL_cleanse(&h->ctx, sizeof(h->ctx));
 	free(h);
 }
 
 void fl_sha256(const void *data, size_t len, uint8_t out[FL_SHA256_LEN])
 {
-	unsigned int n = FL_SHA256_LEN;
-	EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+	SHA256_CTX c;
+	SHA256_Init(&c);
+	SHA256_Update(&c, data, len);
+	SHA256_Final(out, &c);
+	OPENSSL_cleanse(&c, sizeof(c));
 }
 
 FL_DEFINE_CLEANUP(struct fl_sha256, fl_sha256_free)

@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -32,6 +33,8 @@
 #include <unistd.h>
 
 #include <MQTTAsync.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <flotilla/error.h>
 #include <flotilla/mqtt.h>
@@ -103,6 +106,7 @@ struct fl_mqtt {
 	void *will_payload;
 	struct fl_mqtt_opts o;
 	MQTTProperties connect_props;
+	MQTTProperties disconnect_props; /* end_session_on_free */
 	enum state state;
 	int64_t connected_at_ms;
 	int64_t retry_at_ms;
@@ -533,7 +537,11 @@ static void req_free(struct fl_mqtt *m, struct req *q)
 	free(q);
 }
 
-static int send_subscribe(struct fl_mqtt *m, int idx)
+/* RESUMED: the SUBSCRIBE renews a subscription the resumed session should
+ * already hold: Retain Handling 1 (retained messages only if the broker did
+ * not have the subscription after all), so a renewal does not deliver the
+ * retained messages a second time. */
+static int send_subscribe(struct fl_mqtt *m, int idx, bool resumed)
 {
 	struct req *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -546,6 +554,8 @@ static int send_subscribe(struct fl_mqtt *m, int idx)
 	ro.onSuccess5 = on_req_ok;
 	ro.onFailure5 = on_req_fail;
 	ro.context = q;
+	if (resumed)
+		ro.subscribeOptions.retainHandling = 1;
 	req_link(m, q);
 	int rc = MQTTAsync_subscribe(m->client, m->subs[idx].topic, m->subs[idx].qos, &ro);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -840,7 +850,7 @@ int fl_mqtt_subscribe(struct fl_mqtt *m, const char *topic, int qos)
 	m->subs[idx].confirmed = false;
 	if (m->state != ST_CONNECTED)
 		return 0; /* sent on connect */
-	int r = send_subscribe(m, idx);
+	int r = send_subscribe(m, idx, false);
 	/* Not connected after all: it is remembered and goes out on connect. */
 	return r == -ENOTCONN ? 0 : r;
 }
@@ -900,16 +910,22 @@ static void on_connected_owner(struct fl_mqtt *m, bool session_present)
 {
 	m->state = ST_CONNECTED;
 	m->connected_at_ms = fl_mono_ms();
-	if (!session_present) {
+	if (!session_present)
 		/* The broker forgot us: our QoS 1 publishes in flight are gone with
-		 * the session, and every subscription must be made again. */
+		 * the session. Paho sends those again itself on a resumed one. */
 		abandon_pubs(m, true, "session lost before the broker acknowledged it");
-		for (int i = 0; i < m->n_subs; i++)
-			m->subs[i].confirmed = false;
+	/* Every subscription is sent again, on a resumed session too: "session
+	 * present" does not promise that the session still has all of them.
+	 * mosquitto 2.0.11 with persistence restores a session over a broker
+	 * restart without its shared ($share/...) subscriptions, and publishes
+	 * to them then match nobody (docs/mqtt.md "Resumed sessions"). A
+	 * SUBSCRIBE for a filter the session has replaces it (MQTT 5 3.8.4):
+	 * nothing queued for us is lost and nothing arrives twice. */
+	for (int i = 0; i < m->n_subs; i++) {
+		m->subs[i].confirmed = false;
+		if (!m->subs[i].pending)
+			send_subscribe(m, i, session_present); /* failure: retried on the next connect */
 	}
-	for (int i = 0; i < m->n_subs; i++)
-		if (!m->subs[i].confirmed && !m->subs[i].pending)
-			send_subscribe(m, i); /* failure: retried on the next connect */
 }
 
 /* Paho does not set TCP_NODELAY, and Nagle's algorithm with the peer's
@@ -948,6 +964,42 @@ static void nodelay(int port)
 		setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
 	closedir(d);
+}
+
+/* A connect failed: when our own certificate is outside its validity
+ * period, say so first (the broker refuses it, and Paho reports only a bare
+ * connect failure). TEXT is FL_MQTT_TEXT_MAX bytes. Owner's thread. */
+static void own_cert_note(const struct fl_mqtt *m, char *text)
+{
+	if (!m->tls || !m->cert_file)
+		return;
+	FILE *fp = fopen(m->cert_file, "re");
+	if (!fp)
+		return;
+	X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+	fclose(fp);
+	if (!x)
+		return;
+	const char *what = NULL;
+	const ASN1_TIME *t = NULL;
+	if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) {
+		what = "expired";
+		t = X509_get0_notAfter(x);
+	} else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
+		what = "is not valid before";
+		t = X509_get0_notBefore(x);
+	}
+	if (what) {
+		struct tm tm;
+		char when[32] = "?";
+		if (ASN1_TIME_to_tm(t, &tm) == 1)
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		char old[FL_MQTT_TEXT_MAX];
+		memcpy(old, text, sizeof(old));
+		old[sizeof(old) - 1] = '\0';
+		snprintf(text, FL_MQTT_TEXT_MAX, "our certificate %s %.24s; %.100s", what, when, old);
+	}
+	X509_free(x);
 }
 
 /* The port of "scheme://host:port" (0 when absent or malformed). */
@@ -1006,6 +1058,8 @@ int fl_mqtt_next_event(struct fl_mqtt *m, struct fl_mqtt_event *ret)
 			ev.type = FL_MQTT_EV_DISCONNECTED;
 			ev.err = n->reason >= 0x80 ? err_of_reason(n->reason) : -FL_ENET;
 			memcpy(ev.text, n->text, sizeof(ev.text));
+			if (!was)
+				own_cert_note(m, ev.text);
 			ev.retry_ms = schedule_retry(m, was);
 			*ret = ev;
 			return 1;
@@ -1092,6 +1146,14 @@ void fl_mqtt_free(struct fl_mqtt *m)
 		if (MQTTAsync_isConnected(m->client)) {
 			MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
 			d.timeout = FREE_DISCONNECT_MS;
+			if (m->o.end_session_on_free) {
+				MQTTProperty p = {
+					.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+				p.value.integer4 = 0;
+				/* Paho's allocation: freed before MQTTAsync_destroy(). */
+				if (MQTTProperties_add(&m->disconnect_props, &p) == 0)
+					d.properties = m->disconnect_props;
+			}
 			if (MQTTAsync_disconnect(m->client, &d) == MQTTASYNC_SUCCESS) {
 				int64_t end = fl_mono_ms() + FREE_DISCONNECT_MS + 200;
 				while (MQTTAsync_isConnected(m->client) && fl_mono_ms() < end) {
@@ -1101,6 +1163,7 @@ void fl_mqtt_free(struct fl_mqtt *m)
 			}
 		}
 		MQTTProperties_free(&m->connect_props);
+		MQTTProperties_free(&m->disconnect_props);
 		/* After this Paho makes no more callbacks into m. */
 		MQTTAsync_destroy(&m->client);
 	}

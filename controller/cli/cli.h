@@ -16,6 +16,7 @@ int cli_devices_main(int argc, char **argv); /* flotilla devices ... */
 int cli_deploy_main(int argc, char **argv);  /* flotilla deploy DEVICE MODEL@VERSION */
 int cli_revert_main(int argc, char **argv);  /* flotilla revert DEVICE MODEL */
 int cli_rollout_main(int argc, char **argv); /* flotilla rollout ... */
+int cli_release_main(int argc, char **argv); /* flotilla release ... */
 
 /* A command group's sub-commands, for cli_dispatch(). */
 struct cli_cmd {

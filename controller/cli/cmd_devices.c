@@ -16,12 +16,13 @@
 #include "cli.h"
 #include "http_client.h"
 
-#define MAX_FILTERS 5
+#define MAX_FILTERS 9
 
 static void usage(FILE *f)
 {
 	fputs("usage: flotilla devices [list] [--label KEY=VALUE] [--arch ARCH] [--version V]\n"
-	      "                        [--online|--offline] [--json] [COMMON]\n"
+	      "                        [--online|--offline] [--min-ram-mb N] [--accelerator A]\n"
+	      "                        [--backend B] [--install STATE] [--json] [COMMON]\n"
 	      "       flotilla devices show ID [--json] [COMMON]\n"
 	      "COMMON: --controller URL (default $FLOTILLA_CONTROLLER)\n"
 	      "        --token TOKEN    (default $FLOTILLA_TOKEN)\n",
@@ -147,8 +148,12 @@ int cli_devices_main(int argc, char **argv)
 			fkey[nf] = "online";
 			fval[nf++] = !strcmp(a, "--online") ? "true" : "false";
 		} else if (!show && (!strcmp(a, "--label") || !strcmp(a, "--arch") ||
-				     !strcmp(a, "--version")) && i + 1 < argc) {
+				     !strcmp(a, "--version") || !strcmp(a, "--accelerator") ||
+				     !strcmp(a, "--backend") || !strcmp(a, "--install")) &&
+			   i + 1 < argc) {
 			filter = a + 2;
+		} else if (!show && !strcmp(a, "--min-ram-mb") && i + 1 < argc) {
+			filter = "min_ram_mb";
 		} else {
 			usage(stderr);
 			return 2;

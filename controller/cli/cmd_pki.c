@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include <flotilla/cleanup.h>
 #include <flotilla/error.h>
 #include <flotilla/pki.h>
 #include <flotilla/util.h>
@@ -22,20 +23,28 @@ static void usage(FILE *f)
 	      "  issue-device ID           DIR/devices/ID.crt + .key (CN = ID)\n"
 	      "  issue-device ID --csr F   sign the device's own CSR: DIR/devices/ID.crt only\n"
 	      "  issue-server [NAME]       DIR/server.crt + .key for the broker (serverAuth)\n"
-	      "  issue-controller [NAME]   DIR/controller.crt + .key (CN " PKI_CONTROLLER_CN ")\n"
+	      "  issue-controller [NAME]   DIR/controller.crt + .key (CN " PKI_CONTROLLER_CN ");\n"
+	      "                            more instances: " PKI_CONTROLLER_CN "-N --out controller-N\n"
 	      "  csr ID --key KEY --out F  on a device: make KEY if missing, write a CSR for ID\n"
 	      "  verify CERT [--host H] [--kind device|server|controller|ca]\n"
-	      "                            check CERT against DIR/ca.crt (or --ca FILE)\n"
+	      "                            check CERT against DIR/ca.crt (or --ca FILE) and,\n"
+	      "                            when it exists, DIR/ca.crl (or --crl FILE)\n"
+	      "  revoke ID | --serial S    revoke devices/ID.crt (or any serial, hex): add it to\n"
+	      "                            DIR/revoked.txt and re-issue DIR/ca.crl\n"
+	      "  crl                       re-issue DIR/ca.crl (do it before nextUpdate); then\n"
+	      "                            reload the broker (see docs/broker.md)\n"
 	      "\n"
 	      "options:\n"
 	      "  --dir DIR          PKI directory (default " PKI_DIR_DEFAULT ")\n"
-	      "  --days N           validity in days (CA 3650, others 825); negative N makes\n"
-	      "                     a certificate that expired N days ago (for tests)\n"
+	      "  --days N           validity in days (CA 3650, others 825, CRL 30); negative N\n"
+	      "                     makes a certificate that expired N days ago (for tests)\n"
 	      "  --not-before T, --not-after T   exact validity, ISO 8601 UTC\n"
 	      "  --dns NAME, --ip ADDR          SANs (repeatable, at most 16 each);\n"
 	      "                     issue-server without any uses its NAME as DNS SAN\n"
 	      "  --cn NAME          CA name (init) or CN (server, controller)\n"
 	      "  --out BASE         file base name for issue-server/-controller\n"
+	      "  --serial HEX       revoke: the certificate's serial (as 'verify' prints it)\n"
+	      "  --crl FILE         verify: the CRL to check against\n"
 	      "  --force            replace existing files\n",
 	      f);
 }
@@ -55,6 +64,8 @@ enum {
 	OPT_HOST,
 	OPT_KIND,
 	OPT_CA,
+	OPT_SERIAL,
+	OPT_CRL,
 	OPT_HELP,
 };
 
@@ -65,6 +76,8 @@ struct args {
 	const char *host;
 	const char *kind;
 	const char *ca;
+	const char *serial;
+	const char *crl;
 	const char *pos; /* the one positional argument after the command */
 	struct pki_opts o;
 };
@@ -86,6 +99,8 @@ static int parse(int argc, char **argv, struct args *a)
 		{"host", required_argument, NULL, OPT_HOST},
 		{"kind", required_argument, NULL, OPT_KIND},
 		{"ca", required_argument, NULL, OPT_CA},
+		{"serial", required_argument, NULL, OPT_SERIAL},
+		{"crl", required_argument, NULL, OPT_CRL},
 		{"help", no_argument, NULL, OPT_HELP},
 		{NULL, 0, NULL, 0},
 	};
@@ -155,6 +170,12 @@ static int parse(int argc, char **argv, struct args *a)
 			break;
 		case OPT_CA:
 			a->ca = optarg;
+			break;
+		case OPT_SERIAL:
+			a->serial = optarg;
+			break;
+		case OPT_CRL:
+			a->crl = optarg;
 			break;
 		case 'h':
 		case OPT_HELP:
@@ -246,6 +267,16 @@ static int cmd_issue(struct args *a, enum pki_kind kind, const char *what)
 	}
 	if (a->o.out && !valid_name_arg(what, a->o.out))
 		return 2;
+	if (kind == PKI_KIND_CONTROLLER) {
+		const char *cn = a->pos ? a->pos : a->o.cn ? a->o.cn : PKI_CONTROLLER_CN;
+		size_t n = strlen(PKI_CONTROLLER_CN);
+		if (strncmp(cn, PKI_CONTROLLER_CN, n) != 0 || (cn[n] != '\0' && cn[n] != '-')) {
+			cli_fail(0, "pki issue-controller: the CN must be %s or %s-SUFFIX (the names "
+				    "the broker ACL grants controller rights), not '%s'",
+				 PKI_CONTROLLER_CN, PKI_CONTROLLER_CN, cn);
+			return 2;
+		}
+	}
 	char *crt = NULL;
 	int r;
 	if (a->csr) {
@@ -308,6 +339,43 @@ static int cmd_csr(struct args *a)
 	return 0;
 }
 
+/* The CRL part of `pki verify`: --crl FILE, else DIR/ca.crl when it exists
+ * (and no --ca was given). 0 when not revoked or there is no CRL. */
+static int verify_crl(const struct args *a, const char *ca, const struct pki_cert_info *info)
+{
+	_cleanup_free_ char *crl_alloc = NULL;
+	const char *crl = a->crl;
+	if (!crl) {
+		if (a->ca)
+			return 0;
+		crl_alloc = fl_asprintf("%s/ca.crl", a->dir);
+		if (!crl_alloc) {
+			cli_fail(-ENOMEM, "pki verify");
+			return -ENOMEM;
+		}
+		if (access(crl_alloc, F_OK) != 0)
+			return 0;
+		crl = crl_alloc;
+	}
+	struct pki_crl_info ci = {0};
+	int r = pki_crl_check(ca, crl, a->pos, &ci);
+	char t[21], nu[21];
+	fl_time_format(ci.revoked_at_s, t);
+	fl_time_format(ci.next_update_s, nu);
+	if (r == -FL_EKEYREVOKED)
+		cli_fail(0, "pki verify: %s (CN=%s serial %s) is REVOKED since %s (CRL %s)", a->pos,
+			 info->cn, info->serial_hex, t, crl);
+	else if (r == -FL_EBADSIG)
+		cli_fail(0, "pki verify: CRL %s is not signed by the CA in %s: refused", crl, ca);
+	else if (r == -FL_EEXPIRED)
+		cli_fail(0, "pki verify: CRL %s is out of date (next update %s): re-issue it with "
+			    "'flotilla pki crl'",
+			 crl, nu);
+	else if (r < 0)
+		cli_fail(r, "pki verify: CRL %s", crl);
+	return r;
+}
+
 static int cmd_verify(struct args *a)
 {
 	if (!a->pos) {
@@ -341,6 +409,13 @@ static int cmd_verify(struct args *a)
 	}
 	struct pki_cert_info info = {0};
 	int r = pki_verify(ca, a->pos, a->host, kind, &info);
+	if (r == 0) {
+		r = verify_crl(a, ca, &info);
+		if (r != 0) {
+			free(ca_alloc);
+			return 1;
+		}
+	}
 	char nb[21], na[21];
 	fl_time_format(info.not_before_s, nb);
 	fl_time_format(info.not_after_s, na);
@@ -361,6 +436,67 @@ static int cmd_verify(struct args *a)
 		cli_fail(r, "pki verify: %s", a->pos);
 	free(ca_alloc);
 	return r == 0 ? 0 : 1;
+}
+
+static int cmd_revoke(struct args *a)
+{
+	if (!a->pos == !a->serial) {
+		cli_fail(0, "pki revoke: usage: flotilla pki revoke ID | --serial HEX [--dir DIR]");
+		return 2;
+	}
+	if (a->pos && !valid_name_arg("revoke", a->pos))
+		return 2;
+	if (a->o.days < 0) {
+		cli_fail(0, "pki revoke: --days is the CRL's validity and must be positive");
+		return 2;
+	}
+	char serial[PKI_SERIAL_HEX_MAX + 1] = "";
+	int r = pki_revoke(a->dir, a->pos, a->serial, a->o.days, serial);
+	if (r == -EINVAL) {
+		cli_fail(0, "pki revoke: invalid serial '%s' (1-%d hex digits, not zero)",
+			 a->serial ? a->serial : "", PKI_SERIAL_HEX_MAX);
+		return 2;
+	}
+	if (r == -ENOENT && a->pos) {
+		cli_fail(0, "pki revoke: no certificate %s/devices/%s.crt (use --serial for others)",
+			 a->dir, a->pos);
+		return 1;
+	}
+	if (r == -FL_EFORMAT) {
+		cli_fail(0, "pki revoke: unparsable %s in %s",
+			 a->pos ? "device certificate" : "revoked.txt or certificate", a->dir);
+		return 1;
+	}
+	if (r == -EALREADY) {
+		printf("%s/ca.crl\nserial %s was already revoked; CRL re-issued\n", a->dir, serial);
+		return 0;
+	}
+	if (r < 0)
+		return fail(r, "revoke", a);
+	printf("%s/ca.crl\nrevoked serial %s%s%s; reload the broker to apply\n", a->dir, serial,
+	       a->pos ? " of " : "", a->pos ? a->pos : "");
+	return 0;
+}
+
+static int cmd_crl(struct args *a)
+{
+	if (a->pos) {
+		cli_fail(0, "pki crl: unexpected argument '%s'", a->pos);
+		return 2;
+	}
+	if (a->o.days < 0) {
+		cli_fail(0, "pki crl: --days is the CRL's validity and must be positive");
+		return 2;
+	}
+	int r = pki_crl_write(a->dir, a->o.days);
+	if (r == -FL_EFORMAT) {
+		cli_fail(0, "pki crl: unparsable %s/revoked.txt", a->dir);
+		return 1;
+	}
+	if (r < 0)
+		return fail(r, "crl", a);
+	printf("%s/ca.crl\n", a->dir);
+	return 0;
 }
 
 int cli_pki_main(int argc, char **argv)
@@ -389,6 +525,10 @@ int cli_pki_main(int argc, char **argv)
 		return cmd_csr(&a);
 	if (!strcmp(cmd, "verify"))
 		return cmd_verify(&a);
+	if (!strcmp(cmd, "revoke"))
+		return cmd_revoke(&a);
+	if (!strcmp(cmd, "crl"))
+		return cmd_crl(&a);
 	cli_fail(0, "pki: unknown command '%s' (try 'flotilla pki --help')", cmd);
 	return 2;
 }

@@ -1,5 +1,5 @@
 /* flotilla rollout create MODEL@VERSION --waves 10,50,100 [options]
- * flotilla rollout list | status ID | pause ID | resume ID | abort ID | rollback ID
+ * flotilla rollout list | status ID [--watch] | pause ID | resume ID | abort ID | rollback ID
  * Staged rollouts through the controller's API (docs/rollouts.md,
  * /api/v1/rollouts in docs/api.md). */
 #include <errno.h>
@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
@@ -28,7 +30,7 @@ static void usage(FILE *f)
 {
 	fputs("usage: flotilla rollout create MODEL@VERSION --waves W1,W2,... [options]\n"
 	      "       flotilla rollout list [--json]\n"
-	      "       flotilla rollout status ID [--json]\n"
+	      "       flotilla rollout status ID [--watch [--interval S]] [--json]\n"
 	      "       flotilla rollout pause|resume|abort|rollback ID [--json]\n"
 	      "\n"
 	      "create options:\n"
@@ -42,6 +44,20 @@ static void usage(FILE *f)
 	      "  --arch ARCH             only devices of this architecture\n"
 	      "  --device ID             only these devices (repeatable)\n"
 	      "  --revert-on-halt        revert the devices that took it when the gate halts it\n"
+	      "  --release               MODEL@VERSION names a release (flotilla release create):\n"
+	      "                          each device gets the variant that fits its class\n"
+	      "  --gate KEY=VALUE        health gate against the previous version (repeatable):\n"
+	      "                          error_rate_max_delta, error_rate_max, p95_latency_max_ratio,\n"
+	      "                          crashes_max, empty_rate_max_delta, refusal_rate_max_delta,\n"
+	      "                          drift_psi_max, min_requests (docs/rollouts.md)\n"
+	      "  --window 'K=V[,K=V] HH:MM-HH:MM [DAYS]'  maintenance window (UTC, repeatable):\n"
+	      "                          devices with these labels get deploys only inside\n"
+	      "                          one of their windows; DAYS e.g. mon,tue (default all)\n"
+	      "status options:\n"
+	      "  --watch                 follow the rollout until it ends: a live view on a\n"
+	      "                          terminal, a line per change otherwise (exit 0 completed,\n"
+	      "                          3 halted, aborted or rolled back)\n"
+	      "  --interval S            seconds between polls with --watch (default 2)\n"
 	      "common:\n"
 	      "  --controller URL  e.g. http://127.0.0.1:8080 (default $FLOTILLA_CONTROLLER)\n"
 	      "  --token TOKEN     bearer token (default $FLOTILLA_TOKEN)\n"
@@ -105,6 +121,90 @@ static void print_summary(const cJSON *o)
 		printf("  %s\n", reason);
 }
 
+static double num(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItem(o, k);
+	return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* "12.3" or "-" for a figure that may be null. */
+static const char *fig(const cJSON *o, const char *k, int decimals, char *buf, size_t n)
+{
+	const cJSON *v = cJSON_GetObjectItem(o, k);
+	if (!cJSON_IsNumber(v))
+		return "-";
+	snprintf(buf, n, "%.*f", decimals, v->valuedouble);
+	return buf;
+}
+
+/* Waves, variants, skipped devices and health-gate figures. BARS draws a
+ * progress bar per wave (the live view). */
+static void print_details(const cJSON *o, bool bars)
+{
+	const cJSON *cnt = cJSON_GetObjectItem(o, "counts");
+	const cJSON *waves = cJSON_GetObjectItem(o, "waves");
+	int cur = (int)num(o, "wave");
+	const char *unit = cJSON_GetStringValue(cJSON_GetObjectItem(o, "wave_unit"));
+	bool count = unit && !strcmp(unit, "count");
+	int i = 0;
+	const cJSON *w;
+	cJSON_ArrayForEach(w, cJSON_GetObjectItem(cnt, "waves"))
+	{
+		double n = num(w, "devices"), ok = num(w, "succeeded"), bad = num(w, "failed");
+		printf("  %c wave %d (%.0f%s): ", i == cur ? '>' : ' ', i + 1,
+		       cJSON_GetNumberValue(cJSON_GetArrayItem(waves, i)), count ? " devices" : "%");
+		if (bars) {
+			char bar[21];
+			int full = n > 0 ? (int)(20 * (ok + bad) / n + 0.5) : 0;
+			int failed = n > 0 ? (int)(20 * bad / n + 0.5) : 0;
+			for (int k = 0; k < 20; k++)
+				bar[k] = k < full - failed ? '#' : k < full ? 'x' : '.';
+			bar[20] = 0;
+			printf("[%s] ", bar);
+		}
+		printf("%.0f devices: %.0f ok, %.0f failed, %.0f in progress, %.0f not started\n", n,
+		       ok, bad, num(w, "in_progress"), num(w, "pending"));
+		i++;
+	}
+	const cJSON *vars = cJSON_GetObjectItem(cnt, "variants");
+	if (cJSON_GetArraySize(vars) > 1 ||
+	    cJSON_GetObjectItem(cJSON_GetObjectItem(o, "release"), "variants")) {
+		const cJSON *v;
+		cJSON_ArrayForEach(v, vars)
+		{
+			printf("    variant %s: %.0f targets, %.0f attempted, %.0f ok, %.0f failed\n",
+			       v->string, num(v, "targets"), num(v, "attempted"), num(v, "succeeded"),
+			       num(v, "failed"));
+		}
+	}
+	if (num(cnt, "outside_window") > 0)
+		printf("    waiting: %.0f device%s of this wave outside %s maintenance window\n",
+		       num(cnt, "outside_window"), num(cnt, "outside_window") == 1 ? "" : "s",
+		       num(cnt, "outside_window") == 1 ? "its" : "their");
+	if (num(cnt, "skipped") > 0)
+		printf("    skipped: %.0f device%s no variant of the release fits\n",
+		       num(cnt, "skipped"), num(cnt, "skipped") == 1 ? "" : "s");
+	const cJSON *g;
+	cJSON_ArrayForEach(g, cJSON_GetObjectItem(cJSON_GetObjectItem(o, "health"), "groups"))
+	{
+		const cJSON *c = cJSON_GetObjectItem(g, "candidate");
+		const cJSON *b = cJSON_GetObjectItem(g, "baseline");
+		char b1[32], b2[32], b3[32], b4[32];
+		printf("    health %s: %s; p95 %s ms (before %s), error rate %s (before %s), "
+		       "%.0f crashes, %.0f requests on %.0f devices\n",
+		       cJSON_GetStringValue(cJSON_GetObjectItem(g, "version")),
+		       cJSON_GetStringValue(cJSON_GetObjectItem(g, "verdict")),
+		       fig(c, "p95_latency_ms", 1, b1, sizeof(b1)),
+		       fig(b, "p95_latency_ms", 1, b2, sizeof(b2)),
+		       fig(c, "error_rate", 4, b3, sizeof(b3)),
+		       fig(b, "error_rate", 4, b4, sizeof(b4)), num(c, "crashes"),
+		       num(c, "requests"), num(c, "devices"));
+		const cJSON *br;
+		cJSON_ArrayForEach(br, cJSON_GetObjectItem(g, "breaches"))
+			printf("      breach: %s\n", cJSON_GetStringValue(br));
+	}
+}
+
 /* Do the request; print the answer. Returns the exit code. */
 static int call(const char *what, const char *url, const char *token, const char *method,
 		const char *path, const char *body, long want, bool json)
@@ -148,8 +248,133 @@ static int call(const char *what, const char *url, const char *token, const char
 			printf("no rollouts\n");
 	} else {
 		print_summary(o);
+		if (!strcmp(what, "status"))
+			print_details(o, false);
 	}
 	cJSON_Delete(o);
+	return 0;
+}
+
+static bool finished(const char *state)
+{
+	return state && (!strcmp(state, "completed") || !strcmp(state, "halted") ||
+			 !strcmp(state, "aborted") || !strcmp(state, "rolled_back"));
+}
+
+/* Poll PATH every INTERVAL_MS until the rollout ends. */
+static int watch(const char *url, const char *token, const char *path, bool json,
+		 int64_t interval_ms)
+{
+	bool tty = isatty(STDOUT_FILENO) && !json;
+	char *last = NULL;
+	int rc = 1;
+	for (;;) {
+		struct cli_http_resp resp = {0};
+		char err[256] = "";
+		int r = cli_http_request("GET", url, path, cli_http_token(token), NULL, &resp, err,
+					 sizeof(err));
+		if (r < 0) {
+			if (err[0])
+				cli_fail(0, "rollout status: %s", err);
+			else
+				cli_fail(r, "rollout status");
+			break;
+		}
+		_cleanup_free_ char *body = resp.body;
+		if (resp.status != 200) {
+			char msg[512];
+			const char *e = cli_http_error_text(body, resp.len, msg, sizeof(msg));
+			cli_fail(0, "rollout status: %s (HTTP %ld)", e ? e : "unexpected answer",
+				 resp.status);
+			break;
+		}
+		cJSON *o = NULL;
+		if (fl_json_parse(body, resp.len, CLI_HTTP_MAX_RESPONSE, 16, &o) < 0) {
+			cli_fail(0, "rollout status: the controller's answer is not JSON");
+			break;
+		}
+		const char *state = cJSON_GetStringValue(cJSON_GetObjectItem(o, "state"));
+		bool done = finished(state), completed = done && !strcmp(state, "completed");
+		char ts[21];
+		fl_time_format(fl_now_s(), ts);
+		if (tty) {
+			fputs("\033[H\033[2J", stdout); /* home, clear: redraw */
+			print_summary(o);
+			print_details(o, true);
+			printf("\n%s  %s\n", ts, done ? "finished" : "watching (Ctrl-C to stop)");
+		} else {
+			/* a line (or the JSON) only when something changed */
+			cJSON_DeleteItemFromObject(o, "updated_at");
+			cJSON_DeleteItemFromObject(cJSON_GetObjectItem(o, "health"), "checked_at");
+			char *now = cJSON_PrintUnformatted(o);
+			if (now && (!last || strcmp(now, last))) {
+				if (json) {
+					puts(now);
+				} else {
+					printf("%s ", ts);
+					print_summary(o);
+				}
+				free(last);
+				last = now;
+			} else {
+				free(now);
+			}
+		}
+		fflush(stdout);
+		cJSON_Delete(o);
+		if (done) {
+			rc = completed ? 0 : 3;
+			break;
+		}
+		struct timespec d = {.tv_sec = interval_ms / 1000,
+				     .tv_nsec = (long)(interval_ms % 1000) * 1000000L};
+		nanosleep(&d, NULL);
+	}
+	free(last);
+	return rc;
+}
+
+/* "site=a,line=2 22:00-05:00 mon,tue" -> a window object in ARR (the
+ * controller checks the values). */
+static int parse_window(const char *s, cJSON *arr)
+{
+	if (strlen(s) > ARG_MAX_LEN)
+		return -FL_ETOOBIG;
+	char buf[ARG_MAX_LEN + 1];
+	fl_strlcpy(buf, s, sizeof(buf));
+	char *save = NULL;
+	char *labels = strtok_r(buf, " ", &save), *span = strtok_r(NULL, " ", &save);
+	char *days = strtok_r(NULL, " ", &save);
+	char *dash = span ? strchr(span, '-') : NULL;
+	if (!labels || !dash || strtok_r(NULL, " ", &save))
+		return -EINVAL;
+	*dash = 0;
+	cJSON *w = cJSON_CreateObject();
+	if (!w || !cJSON_AddItemToArray(arr, w)) {
+		cJSON_Delete(w);
+		return -ENOMEM;
+	}
+	cJSON *l = cJSON_AddObjectToObject(w, "labels");
+	if (!l || !cJSON_AddStringToObject(w, "start", span) ||
+	    !cJSON_AddStringToObject(w, "end", dash + 1))
+		return -ENOMEM;
+	char *s2 = NULL;
+	for (char *kv = strtok_r(labels, ",", &s2); kv; kv = strtok_r(NULL, ",", &s2)) {
+		char *eq = strchr(kv, '=');
+		if (!eq || eq == kv || !eq[1])
+			return -EINVAL;
+		*eq = 0;
+		if (!cJSON_AddStringToObject(l, kv, eq + 1))
+			return -ENOMEM;
+	}
+	if (days) {
+		cJSON *d = cJSON_AddArrayToObject(w, "days");
+		if (!d)
+			return -ENOMEM;
+		for (char *x = strtok_r(days, ",", &s2); x; x = strtok_r(NULL, ",", &s2))
+			if (!cJSON_AddItemToArray(d, cJSON_CreateString(x)))
+				return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -170,7 +395,8 @@ static int create(int argc, char **argv, const char *url, const char *token, boo
 	cJSON_AddItemToObject(sel, "labels", labels);
 	cJSON_AddItemToObject(sel, "devices", devices);
 	const char *rel = NULL;
-	bool have_waves = false;
+	bool have_waves = false, by_release = false;
+	cJSON *gates = NULL, *windows = NULL;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		int64_t n;
@@ -225,6 +451,39 @@ static int create(int argc, char **argv, const char *url, const char *token, boo
 			i++;
 		} else if (!strcmp(a, "--revert-on-halt")) {
 			cJSON_AddBoolToObject(b, "revert_on_halt", true);
+		} else if (!strcmp(a, "--window") && v) {
+			if (!windows && !(windows = cJSON_AddArrayToObject(b, "windows"))) {
+				cli_fail(-ENOMEM, "rollout create");
+				return 1;
+			}
+			if (parse_window(v, windows) < 0) {
+				cli_fail(0, "rollout create: expected --window 'K=V[,K=V] HH:MM-HH:MM "
+					    "[DAYS]', got '%s'",
+					 v);
+				return 2;
+			}
+			i++;
+		} else if (!strcmp(a, "--release")) {
+			by_release = true;
+		} else if (!strcmp(a, "--gate") && v) {
+			const char *eq = strchr(v, '=');
+			char *end = NULL;
+			double d = eq ? strtod(eq + 1, &end) : NAN;
+			if (!eq || eq == v || !eq[1] || *end || !isfinite(d) ||
+			    (size_t)(eq - v) > NAME_MAX_LEN) {
+				cli_fail(0, "rollout create: expected --gate KEY=NUMBER, got '%s'", v);
+				return 2;
+			}
+			char key[NAME_MAX_LEN + 1];
+			memcpy(key, v, (size_t)(eq - v));
+			key[eq - v] = 0;
+			if (!gates && !(gates = cJSON_AddObjectToObject(b, "gates"))) {
+				cli_fail(-ENOMEM, "rollout create");
+				return 1;
+			}
+			cJSON_DeleteItemFromObject(gates, key);
+			cJSON_AddNumberToObject(gates, key, d);
+			i++;
 		} else if (a[0] != '-' && !rel) {
 			rel = a;
 		} else {
@@ -250,7 +509,7 @@ static int create(int argc, char **argv, const char *url, const char *token, boo
 		return 2;
 	}
 	cJSON_AddStringToObject(b, "model", model);
-	cJSON_AddStringToObject(b, "version", at + 1);
+	cJSON_AddStringToObject(b, by_release ? "release" : "version", at + 1);
 	if (cJSON_GetArraySize(devices) == 0)
 		cJSON_DeleteItemFromObject(sel, "devices");
 	_cleanup_free_ char *text = cJSON_PrintUnformatted(b);
@@ -264,7 +523,8 @@ static int create(int argc, char **argv, const char *url, const char *token, boo
 int cli_rollout_main(int argc, char **argv)
 {
 	const char *url = getenv("FLOTILLA_CONTROLLER"), *token = NULL;
-	bool json = false;
+	bool json = false, watching = false;
+	int64_t interval_ms = 2000;
 	/* Pull out the common options; keep the rest in order. */
 	char **rest = calloc((size_t)argc + 1, sizeof(*rest));
 	if (!rest) {
@@ -284,13 +544,24 @@ int cli_rollout_main(int argc, char **argv)
 			token = argv[++i];
 		} else if (!strcmp(a, "--json")) {
 			json = true;
+		} else if (!strcmp(a, "--watch")) {
+			watching = true;
+		} else if (!strcmp(a, "--interval") && i + 1 < argc) {
+			char *end = NULL;
+			double d = strtod(argv[++i], &end);
+			if (!*argv[i] || *end || !(d >= 0.1 && d <= 60)) {
+				free(rest);
+				cli_fail(0, "rollout: bad --interval '%s' (0.1..60 seconds)", argv[i]);
+				return 2;
+			}
+			interval_ms = (int64_t)(d * 1000);
 		} else {
 			rest[nrest++] = argv[i];
 		}
 	}
 	int rc = 2;
 	const char *sub = nrest > 0 ? rest[0] : NULL;
-	if (!sub || !url || !*url) {
+	if (!sub || !url || !*url || (watching && strcmp(sub, "status"))) {
 		usage(stderr);
 	} else if (!strcmp(sub, "create")) {
 		rc = create(nrest - 1, rest + 1, url, token, json);
@@ -310,8 +581,11 @@ int cli_rollout_main(int argc, char **argv)
 			else
 				fl_snprintf(path, sizeof(path), "/api/v1/rollouts/%lld/%s",
 					    (long long)id, sub);
-			rc = call(sub, url, token, status ? "GET" : "POST", path,
-				  status ? NULL : "{}", 200, json);
+			if (status && watching)
+				rc = watch(url, token, path, json, interval_ms);
+			else
+				rc = call(sub, url, token, status ? "GET" : "POST", path,
+					  status ? NULL : "{}", 200, json);
 		}
 	} else {
 		usage(stderr);

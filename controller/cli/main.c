@@ -52,6 +52,7 @@ static void usage(FILE *f)
 	      "  devices list|show ID [--json]                   the fleet as the controller sees it\n"
 	      "  deploy DEVICE MODEL@VERSION --controller URL    send a pushed bundle to a device\n"
 	      "  revert DEVICE MODEL --controller URL            switch a device back to its previous slot\n"
+	      "  release create|list|show ...                   releases with per-class variants\n"
 	      "  rollout create|list|status|pause|resume|abort|rollback ...  staged rollouts\n"
 	      "  pki init|issue-device|issue-server|issue-controller ...  fleet CA and certificates\n"
 	      "\n"
@@ -89,6 +90,8 @@ int main(int argc, char **argv)
 		return cli_revert_main(argc - 1, argv + 1);
 	if (!strcmp(cmd, "rollout"))
 		return cli_rollout_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "release"))
+		return cli_release_main(argc - 1, argv + 1);
 	fprintf(stderr, "flotilla: unknown command '%s' (try 'flotilla --help')\n", cmd);
 	return 2;
 }

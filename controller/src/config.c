@@ -137,6 +137,7 @@ int ctl_config_load(const char *path, struct ctl_config *ret, char *err, size_t 
 		"controller.read_tokens",      "controller.operator_tokens",
 		"controller.max_upload_bytes", "controller.ingest_batch_records",
 		"controller.ingest_flush_ms",  "controller.log_level",
+		"controller.store",            "controller.store_dsn",
 		"mqtt.uri",                    "mqtt.ca",
 		"mqtt.cert",                   "mqtt.key",
 		"mqtt.client_id",              "mqtt.verify_host",
@@ -163,6 +164,29 @@ int ctl_config_load(const char *path, struct ctl_config *ret, char *err, size_t 
 	if (!(c.listen = strdup(fl_config_get_str(fc, "controller.listen", "127.0.0.1"))))
 		goto fail;
 	c.trust_dir = dup_or_null(fl_config_get_str(fc, "controller.trust_dir", NULL));
+	/* store = sqlite (default, DATA_DIR/controller.db) | postgresql (store_dsn:
+	 * a libpq connection string, required then and refused otherwise). */
+	const char *store = fl_config_get_str(fc, "controller.store", "sqlite");
+	const char *dsn = fl_config_get_str(fc, "controller.store_dsn", NULL);
+	if (strcmp(store, "sqlite") && strcmp(store, "postgresql")) {
+		fl_snprintf(err, err_len, "%s: controller.store must be sqlite or postgresql, not '%s'",
+			    path, store);
+		r = -FL_ECONFIG;
+		goto fail;
+	}
+	if (!strcmp(store, "postgresql") && (!dsn || !*dsn)) {
+		fl_snprintf(err, err_len, "%s: controller.store = postgresql needs store_dsn", path);
+		r = -FL_ECONFIG;
+		goto fail;
+	}
+	if (!strcmp(store, "sqlite") && dsn) {
+		fl_snprintf(err, err_len, "%s: controller.store_dsn is only for store = postgresql",
+			    path);
+		r = -FL_ECONFIG;
+		goto fail;
+	}
+	if (dsn && !(c.store_dsn = strdup(dsn)))
+		goto fail;
 	c.log_level = dup_or_null(fl_config_get_str(fc, "controller.log_level", NULL));
 	if ((r = fl_config_get_int(fc, "controller.port", 0, 65535, 8080, &v)) < 0)
 		goto bad_value;
@@ -204,6 +228,7 @@ void ctl_config_free(struct ctl_config *cfg)
 	free(cfg->data_dir);
 	free(cfg->listen);
 	free(cfg->trust_dir);
+	free(cfg->store_dsn);
 	free(cfg->log_level);
 	free(cfg->mqtt_uri);
 	free(cfg->mqtt_ca);

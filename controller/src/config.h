@@ -5,6 +5,8 @@
  *   listen = 127.0.0.1                          # numeric address
  *   port = 8080                                 # 0: any free port
  *   trust_dir = /etc/flotilla/trust             # optional: verify pushed bundles
+ *   store = sqlite                              # or postgresql
+ *   store_dsn = host=db port=5432 dbname=flotilla  # libpq conninfo (postgresql only)
  *   read_tokens = grafana:SECRET1, SECRET2      # NAME:SECRET or SECRET
  *   operator_tokens = ci:SECRET3
  *   max_upload_bytes = 4G
@@ -34,6 +36,7 @@ struct ctl_config {
 	char *listen;
 	uint16_t port;
 	char *trust_dir; /* NULL: none */
+	char *store_dsn; /* NULL: SQLite store in data_dir; else PostgreSQL conninfo */
 	char *log_level; /* NULL: default */
 	struct ctl_token tokens[CTL_HTTP_MAX_TOKENS];
 	size_t n_tokens;

@@ -51,7 +51,11 @@ int ctl_open(const struct ctl_opts *o, struct ctl **ret)
 		if ((r = ota_trust_open(o->trust_dir, kr, 0, &c->trust)) < 0)
 			goto fail;
 	}
-	if ((r = ctl_store_open_sqlite(db, &c->store)) < 0)
+	if (o->store_dsn)
+		r = ctl_store_open_pg(o->store_dsn, &c->store);
+	else
+		r = ctl_store_open_sqlite(db, &c->store);
+	if (r < 0)
 		goto fail;
 	*ret = c;
 	return 0;

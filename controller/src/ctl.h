@@ -31,6 +31,8 @@
 struct ctl_opts {
 	const char *data_dir;        /* required; created when absent */
 	const char *trust_dir;       /* NULL: bundles are stored "unverified" */
+	const char *store_dsn;       /* libpq conninfo: PostgreSQL store; NULL: SQLite
+				      * in DATA_DIR/controller.db */
 	size_t batch_records;        /* commit when this many are pending (0: default) */
 	int64_t flush_ms;            /* ctl_tick() commits older pending records (0: default) */
 	size_t max_pending;          /* refuse batches past this (0: default) */
@@ -100,6 +102,15 @@ int ctl_ingest_flush(struct ctl *c);
 /* Periodic work (call every ~100 ms): commits pending records older than
  * flush_ms. Returns what ctl_ingest_flush() returns, 0 when nothing to do. */
 int ctl_tick(struct ctl *c);
+/* Confirmations of committed telemetry (docs/telemetry.md "Confirmation"):
+ * calls FN with each queued (device, JSON payload for .../<id>/tele/ack) in
+ * order and forgets those FN took (0); when FN returns < 0 (publish window
+ * full) that one and the rest stay queued. At most CTL_ACKS_MAX are queued;
+ * more are dropped (the device sends its records again and they are
+ * confirmed then). */
+#define CTL_ACKS_MAX 8192
+typedef int (*ctl_ack_fn)(void *ud, const char *device, const char *json, size_t len);
+void ctl_ingest_take_acks(struct ctl *c, ctl_ack_fn fn, void *ud);
 
 /* ---------------------------------------------------------------- chunks
  * Add the bundle tar at PATH: open it with ota_bundle_open() (signatures

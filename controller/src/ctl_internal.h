@@ -8,6 +8,7 @@
 #include <flotilla/trust.h>
 
 #include "ctl.h"
+#include "health.h" /* ctl_health_note(), called by ingest.c */
 
 struct pending_rec {
 	char device[CTL_DEVICE_ID_MAX + 1];
@@ -29,6 +30,8 @@ struct dev_gaps {
 
 #define CTL_GAP_BUCKETS 4096
 
+struct ctl_ack; /* ingest.c: confirmations waiting for the MQTT session */
+
 struct ctl {
 	pthread_mutex_t push_lock; /* one bundle push at a time (trust store is single-owner) */
 	pthread_mutex_t lock; /* guards everything below */
@@ -49,6 +52,8 @@ struct ctl {
 	struct dev_gaps *gaps[CTL_GAP_BUCKETS];
 	size_t n_gaps;
 	struct dev_gaps *dirty;
+	struct ctl_ack *acks, **acks_tail; /* ingest.c */
+	size_t n_acks;
 
 	struct ctl_counters cnt;
 };

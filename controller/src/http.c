@@ -16,6 +16,8 @@
 #include <flotilla/util.h>
 
 #include "http.h"
+#include "dashboard.h"
+#include "release.h"
 #include "rollout.h"
 
 #define API_PREFIX "/api/v1/"
@@ -36,7 +38,14 @@ struct ctl_http {
 	int cmd_wait_ms;
 };
 
-enum req_kind { REQ_PUSH, REQ_DEPLOY, REQ_REVERT, REQ_ROLLOUT_CREATE, REQ_ROLLOUT_ACTION };
+enum req_kind {
+	REQ_PUSH,
+	REQ_DEPLOY,
+	REQ_REVERT,
+	REQ_ROLLOUT_CREATE,
+	REQ_ROLLOUT_ACTION,
+	REQ_RELEASE_CREATE
+};
 
 struct req {
 	enum req_kind kind;
@@ -195,7 +204,9 @@ static bool printable(const char *s, size_t max)
 
 static enum MHD_Result get_devices(struct ctl_http *h, struct MHD_Connection *conn)
 {
-	static const char *const allowed[] = {"label", "arch", "version", "online", "limit", NULL};
+	static const char *const allowed[] = {"label",	  "arch",	 "version",
+					      "online",	  "limit",	 "min_ram_mb",
+					      "accelerator", "backend", "install", NULL};
 	struct query q;
 	if (read_query(conn, allowed, &q) < 0)
 		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown or repeated query parameter");
@@ -237,6 +248,31 @@ static enum MHD_Result get_devices(struct ctl_http *h, struct MHD_Connection *co
 		if (fl_parse_i64(v, 1, CTL_STORE_LIST_MAX, &lim) < 0)
 			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "limit: expected 1..10000");
 		f.limit = (size_t)lim;
+	}
+	if ((v = query_get(&q, "min_ram_mb"))) {
+		if (fl_parse_i64(v, 1, 100000000, &f.min_ram_mb) < 0)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+					     "min_ram_mb: expected 1..100000000");
+	}
+	static const char *const names[] = {"accelerator", "backend"};
+	const char **dst[] = {&f.accelerator, &f.backend};
+	for (size_t i = 0; i < 2; i++) {
+		if ((v = query_get(&q, names[i]))) {
+			if (!fl_name_valid(v, 64))
+				return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+						     i ? "backend: bad value" : "accelerator: bad value");
+			*dst[i] = v;
+		}
+	}
+	if ((v = query_get(&q, "install"))) {
+		bool ok = *v && strlen(v) <= 32;
+		for (const char *p = v; ok && *p; p++)
+			ok = (*p >= 'A' && *p <= 'Z') || *p == '_';
+		if (!ok)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+					     "install: expected an install state (e.g. FAILED, "
+					     "REJECTED, TRIAL)");
+		f.install_state = v;
 	}
 	cJSON *out = NULL;
 	int r = ctl_devices_list(h->ctl, &f, &out);
@@ -506,8 +542,8 @@ static enum MHD_Result start_body(struct MHD_Connection *conn, enum req_kind kin
 	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						     MHD_HTTP_HEADER_CONTENT_LENGTH);
 	int64_t declared;
-	if (cl && (fl_parse_i64(cl, 0, INT64_MAX, &declared) < 0 ||
-		   declared > CTL_ROLLOUT_BODY_MAX))
+	int64_t max = kind == REQ_RELEASE_CREATE ? CTL_RELEASE_BODY_MAX : CTL_ROLLOUT_BODY_MAX;
+	if (cl && (fl_parse_i64(cl, 0, INT64_MAX, &declared) < 0 || declared > max))
 		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
 	struct req *rq = calloc(1, sizeof(*rq));
 	if (!rq)
@@ -595,14 +631,17 @@ static enum MHD_Result finish_rollout(struct ctl_http *h, struct MHD_Connection 
 	cJSON *out = NULL;
 	int r;
 	if (rq->kind == REQ_ROLLOUT_CREATE) {
-		r = ctl_rollout_create(h->ctl, rq->body.p ? rq->body.p : "", rq->body.len,
-				       rq->actor ? rq->actor : "", fl_now_s(), &out);
+		char err[256] = "";
+		r = ctl_rollout_create_ex(h->ctl, rq->body.p ? rq->body.p : "", rq->body.len,
+					  rq->actor ? rq->actor : "", fl_now_s(), &out, err,
+					  sizeof(err));
 		if (r == -ENOENT)
-			return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such bundle (push it first)");
+			return respond_error(conn, MHD_HTTP_NOT_FOUND,
+					     err[0] ? err : "no such bundle (push it first)");
 		if (r < 0) {
-			char msg[160];
-			fl_snprintf(msg, sizeof(msg), "bad rollout: %s (see docs/rollouts.md)",
-				    fl_strerror(r));
+			char msg[400];
+			fl_snprintf(msg, sizeof(msg), "bad rollout: %s (see docs/api.md)",
+				    err[0] ? err : fl_strerror(r));
 			return respond_error(conn, rollout_status(r), msg);
 		}
 		return respond_json(conn, MHD_HTTP_CREATED, out);
@@ -628,6 +667,74 @@ static enum MHD_Result finish_rollout(struct ctl_http *h, struct MHD_Connection 
 	return respond_json(conn, MHD_HTTP_OK, out);
 }
 
+/* ---------------------------------------------------------------- releases */
+
+/* URL is what follows API_PREFIX "releases". */
+static enum MHD_Result route_releases(struct ctl_http *h, struct MHD_Connection *conn,
+				      const char *url, bool get, bool post, enum ctl_role role,
+				      const char *actor, void **con_cls)
+{
+	if (!*url) {
+		if (post) {
+			if (role != CTL_ROLE_OPERATOR)
+				return respond_error(conn, MHD_HTTP_FORBIDDEN,
+						     "this token may only read");
+			return start_body(conn, REQ_RELEASE_CREATE, actor, con_cls, NULL);
+		}
+		if (!get)
+			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+		static const char *const allowed[] = {"model", NULL};
+		struct query q;
+		if (read_query(conn, allowed, &q) < 0)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+					     "unknown or repeated query parameter");
+		const char *model = query_get(&q, "model");
+		if (model && !fl_name_valid(model, 64))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "model: bad value");
+		cJSON *out = NULL;
+		int r = ctl_release_list(h->ctl, model, &out);
+		if (r < 0)
+			return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+		return respond_json(conn, MHD_HTTP_OK, out);
+	}
+	if (*url != '/' || !url[1] || strchr(url + 1, '/'))
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such release");
+	if (!get)
+		return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+	if (!no_query(conn))
+		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown query parameter");
+	cJSON *out = NULL;
+	int r = ctl_release_get(h->ctl, url + 1, &out);
+	if (r == -ENOENT || r == -EINVAL)
+		return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such release");
+	if (r < 0)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
+	return respond_json(conn, MHD_HTTP_OK, out);
+}
+
+static enum MHD_Result finish_release(struct ctl_http *h, struct MHD_Connection *conn,
+				      struct req *rq)
+{
+	if (rq->too_big)
+		return respond_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large");
+	if (rq->write_failed)
+		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	cJSON *out = NULL;
+	char err[256] = "";
+	int r = ctl_release_create(h->ctl, rq->body.p ? rq->body.p : "", rq->body.len,
+				   rq->actor ? rq->actor : "", fl_now_s(), &out, err, sizeof(err));
+	if (r < 0) {
+		char msg[400];
+		unsigned st = r == -ENOENT   ? MHD_HTTP_NOT_FOUND
+			      : r == -EEXIST ? MHD_HTTP_CONFLICT
+					     : rollout_status(r);
+		fl_snprintf(msg, sizeof(msg), "bad release: %s (see docs/api.md)",
+			    err[0] ? err : fl_strerror(r));
+		return respond_error(conn, st, msg);
+	}
+	return respond_json(conn, MHD_HTTP_CREATED, out);
+}
+
 /* ---------------------------------------------------------------- routing */
 
 static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, const char *url,
@@ -641,6 +748,8 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
 		return respond(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain");
 	}
+	if (ctl_dash_handles(url)) /* the dashboard's files: no token (docs/dashboard.md) */
+		return ctl_dash_serve(conn, url, method);
 	const char *actor = NULL;
 	enum ctl_role role = ctl_http_auth(
 		h->tokens, h->n_tokens,
@@ -649,6 +758,8 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 	if (role == CTL_ROLE_NONE)
 		return respond_error(conn, MHD_HTTP_UNAUTHORIZED, "missing or unknown bearer token");
 
+	if (!strcmp(url, API_PREFIX "fleet"))
+		return ctl_dash_api_fleet(h->ctl, conn, method);
 	if (!strcmp(url, "/metrics")) {
 		if (!get)
 			return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
@@ -660,6 +771,14 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 			char *all = fl_asprintf("%s%s", text, more);
 			free(text);
 			free(more);
+			text = all;
+			r = all ? 0 : -ENOMEM;
+		}
+		char *ro = NULL;
+		if (r >= 0 && (r = ctl_rollout_metrics_text(h->ctl, &ro)) >= 0) {
+			char *all = fl_asprintf("%s%s", text, ro);
+			free(text);
+			free(ro);
 			text = all;
 			r = all ? 0 : -ENOMEM;
 		}
@@ -693,6 +812,9 @@ static enum MHD_Result route(struct ctl_http *h, struct MHD_Connection *conn, co
 	}
 	if (!strncmp(url, API_PREFIX "rollouts", sizeof(API_PREFIX "rollouts") - 1))
 		return route_rollouts(h, conn, url + sizeof(API_PREFIX "rollouts") - 1, get, post,
+				      role, actor, con_cls);
+	if (!strncmp(url, API_PREFIX "releases", sizeof(API_PREFIX "releases") - 1))
+		return route_releases(h, conn, url + sizeof(API_PREFIX "releases") - 1, get, post,
 				      role, actor, con_cls);
 	static const char dev_prefix[] = API_PREFIX "devices/";
 	if (!strncmp(url, dev_prefix, sizeof(dev_prefix) - 1) &&
@@ -746,8 +868,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		if (rq->too_big || rq->write_failed)
 			return MHD_YES; /* drain */
 		if (rq->kind != REQ_PUSH) {
-			size_t max = rq->kind == REQ_ROLLOUT_CREATE ? CTL_ROLLOUT_BODY_MAX
-								    : CTL_HTTP_JSON_BODY_MAX;
+			size_t max = rq->kind == REQ_ROLLOUT_CREATE   ? CTL_ROLLOUT_BODY_MAX
+				     : rq->kind == REQ_RELEASE_CREATE ? CTL_RELEASE_BODY_MAX
+								      : CTL_HTTP_JSON_BODY_MAX;
 			if (rq->body.len + n > max)
 				rq->too_big = true;
 			else if (fl_buf_append(&rq->body, upload_data, n) < 0)
@@ -765,6 +888,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 	}
 	if (rq->kind == REQ_ROLLOUT_CREATE || rq->kind == REQ_ROLLOUT_ACTION)
 		return finish_rollout(h, conn, rq);
+	if (rq->kind == REQ_RELEASE_CREATE)
+		return finish_release(h, conn, rq);
 	if (rq->kind != REQ_PUSH)
 		return finish_cmd(h, conn, rq);
 	return finish_push(h, conn, rq);
@@ -850,7 +975,8 @@ int ctl_http_start(struct ctl *c, const struct ctl_http_opts *o, struct ctl_http
 	h->d = MHD_start_daemon(flags, o->port, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, sa,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned)CTL_HTTP_MAX_CONNECTIONS,
 				MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_NOTIFY_COMPLETED,
-				completed, h, MHD_OPTION_END);
+				completed, h, MHD_OPTION_UNESCAPE_CALLBACK, ctl_http_unescape, NULL,
+				MHD_OPTION_END);
 	if (!h->d) {
 		int e = errno;
 		free_http(h);

@@ -1,5 +1,8 @@
-/* Telemetry ingestion: strict decode, pending list, batched commits, gaps. */
+/* Telemetry ingestion: strict decode, pending list, batched commits, gaps,
+ * and confirmations of what was committed (docs/telemetry.md). */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +14,15 @@
 #include "ctl_internal.h"
 
 #define MISSING_SAMPLE 64 /* ranges summed for the missing-seq count */
+#define ACK_MAX_RANGES 256 /* per confirmation message */
+
+/* A confirmation for one device: {"v":1,"stream":S,"ranges":[[a,b],...]}. */
+struct ctl_ack {
+	struct ctl_ack *next;
+	char device[CTL_DEVICE_ID_MAX + 1];
+	char *json;
+	size_t len;
+};
 
 static size_t hash_id(const char *s)
 {
@@ -50,8 +62,22 @@ static struct dev_gaps *gaps_for(struct ctl *c, const char *id)
 	return d;
 }
 
+static void acks_free(struct ctl_ack *a)
+{
+	while (a) {
+		struct ctl_ack *n = a->next;
+		free(a->json);
+		free(a);
+		a = n;
+	}
+}
+
 void ctl_ingest_free(struct ctl *c)
 {
+	acks_free(c->acks);
+	c->acks = NULL;
+	c->acks_tail = NULL;
+	c->n_acks = 0;
 	for (size_t i = 0; i < c->n_pending; i++)
 		free(c->pending[i].json);
 	c->n_pending = 0;
@@ -208,6 +234,106 @@ static int put_gaps(struct ctl *c, struct dev_gaps *d, int64_t now)
 				       tele_gaps_dropped_total(d->g), tele_gaps_highest(d->g), now);
 }
 
+static int cmp_pending(const void *x, const void *y)
+{
+	const struct pending_rec *a = *(const struct pending_rec *const *)x;
+	const struct pending_rec *b = *(const struct pending_rec *const *)y;
+	int r = strcmp(a->device, b->device);
+	if (!r)
+		r = strcmp(a->stream, b->stream);
+	if (!r)
+		r = a->seq < b->seq ? -1 : a->seq > b->seq;
+	return r;
+}
+
+static void ack_queue(struct ctl *c, const char *device, const char *text)
+{
+	if (c->n_acks >= CTL_ACKS_MAX)
+		return; /* the device sends again; confirmed next time */
+	struct ctl_ack *a = calloc(1, sizeof(*a));
+	if (!a || !(a->json = strdup(text))) {
+		free(a);
+		return;
+	}
+	fl_strlcpy(a->device, device, sizeof(a->device));
+	a->len = strlen(text);
+	if (!c->acks_tail)
+		c->acks_tail = &c->acks;
+	*c->acks_tail = a;
+	c->acks_tail = &a->next;
+	c->n_acks++;
+}
+
+/* Queue confirmations of every pending record (all committed, new or
+ * duplicate), per device and stream, as seq ranges. Lock held. */
+static void acks_build(struct ctl *c)
+{
+	if (!c->n_pending)
+		return;
+	const struct pending_rec **v = malloc(c->n_pending * sizeof(*v));
+	char *buf = malloc(64 + ACK_MAX_RANGES * 44);
+	if (!v || !buf) {
+		free(v);
+		free(buf);
+		return;
+	}
+	for (size_t i = 0; i < c->n_pending; i++)
+		v[i] = &c->pending[i];
+	qsort(v, c->n_pending, sizeof(*v), cmp_pending);
+	size_t i = 0;
+	while (i < c->n_pending) {
+		const struct pending_rec *h = v[i];
+		size_t n = 0;
+		int len = snprintf(buf, 64, "{\"v\":1,\"stream\":\"%s\",\"ranges\":[", h->stream);
+		while (i < c->n_pending && n < ACK_MAX_RANGES && !strcmp(v[i]->device, h->device) &&
+		       !strcmp(v[i]->stream, h->stream)) {
+			uint64_t a = v[i]->seq, b = a;
+			while (i + 1 < c->n_pending && !strcmp(v[i + 1]->device, h->device) &&
+			       !strcmp(v[i + 1]->stream, h->stream) && v[i + 1]->seq <= b + 1) {
+				i++;
+				b = v[i]->seq;
+			}
+			i++;
+			len += snprintf(buf + len, 44, "%s[%" PRIu64 ",%" PRIu64 "]", n ? "," : "", a, b);
+			n++;
+		}
+		snprintf(buf + len, 4, "]}");
+		ack_queue(c, h->device, buf);
+	}
+	free(v);
+	free(buf);
+}
+
+void ctl_ingest_take_acks(struct ctl *c, ctl_ack_fn fn, void *ud)
+{
+	pthread_mutex_lock(&c->lock);
+	struct ctl_ack *a = c->acks;
+	c->acks = NULL;
+	c->acks_tail = NULL;
+	c->n_acks = 0;
+	pthread_mutex_unlock(&c->lock);
+	while (a && fn(ud, a->device, a->json, a->len) == 0) {
+		struct ctl_ack *n = a->next;
+		free(a->json);
+		free(a);
+		a = n;
+	}
+	if (!a)
+		return;
+	/* Put the rest back in front of what was queued meanwhile. */
+	struct ctl_ack *last = a;
+	size_t n = 1;
+	for (; last->next; last = last->next)
+		n++;
+	pthread_mutex_lock(&c->lock);
+	last->next = c->acks;
+	if (!c->acks)
+		c->acks_tail = &last->next;
+	c->acks = a;
+	c->n_acks += n;
+	pthread_mutex_unlock(&c->lock);
+}
+
 int ctl_ingest_flush_locked(struct ctl *c)
 {
 	if (c->n_pending == 0 && !c->dirty)
@@ -215,6 +341,23 @@ int ctl_ingest_flush_locked(struct ctl *c)
 	struct ctl_store *st = c->store;
 	int r = st->ops->begin(st);
 	uint64_t ins = 0, dup = 0;
+	/* A store with a batch insert (PostgreSQL) takes the records in one
+	 * statement; the loop below then only reads which were new. */
+	uint8_t *isnew = NULL;
+	if (r >= 0 && st->ops->tele_insert_batch && c->n_pending > 1) {
+		struct ctl_tele_rec *all = calloc(c->n_pending, sizeof(*all));
+		isnew = malloc(c->n_pending);
+		r = all && isnew ? 0 : -ENOMEM;
+		for (size_t i = 0; r >= 0 && i < c->n_pending; i++) {
+			const struct pending_rec *p = &c->pending[i];
+			all[i] = (struct ctl_tele_rec){.device = p->device, .stream = p->stream,
+						       .seq = p->seq, .kind = p->kind, .ts = p->ts,
+						       .json = p->json};
+		}
+		if (r >= 0)
+			r = st->ops->tele_insert_batch(st, all, c->n_pending, isnew);
+		free(all);
+	}
 	for (size_t i = 0; r >= 0 && i < c->n_pending; i++) {
 		const struct pending_rec *p = &c->pending[i];
 		struct ctl_tele_rec t = {.device = p->device,
@@ -223,12 +366,15 @@ int ctl_ingest_flush_locked(struct ctl *c)
 					 .kind = p->kind,
 					 .ts = p->ts,
 					 .json = p->json};
-		r = st->ops->tele_insert(st, &t);
+		r = isnew ? isnew[i] : st->ops->tele_insert(st, &t);
+		if (r == 1 && ctl_health_note(st, &t, fl_now_s()) < 0) /* health.c */
+			r = -FL_EDB;
 		if (r == 1)
 			ins++;
 		else if (r == 0)
 			dup++;
 	}
+	free(isnew);
 	int64_t now = fl_now_s();
 	for (struct dev_gaps *d = c->dirty; r >= 0 && d; d = d->next_dirty)
 		r = put_gaps(c, d, now);
@@ -242,6 +388,7 @@ int ctl_ingest_flush_locked(struct ctl *c)
 	for (struct dev_gaps *d = c->dirty; d; d = d->next_dirty)
 		d->dirty = false;
 	c->dirty = NULL;
+	acks_build(c);
 	for (size_t i = 0; i < c->n_pending; i++)
 		free(c->pending[i].json);
 	c->n_pending = 0;

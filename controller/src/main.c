@@ -138,6 +138,7 @@ int main(int argc, char **argv)
 
 	struct ctl_opts opts = {.data_dir = cfg.data_dir,
 				.trust_dir = cfg.trust_dir,
+				.store_dsn = cfg.store_dsn,
 				.batch_records = cfg.batch_records,
 				.flush_ms = cfg.flush_ms,
 				.max_bundle_bytes = cfg.max_upload_bytes};

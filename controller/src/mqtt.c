@@ -20,6 +20,7 @@
 #include "ctl_mqtt.h"
 
 #define MAX_EVENTS_PER_RUN 1024
+#define CTL_MQTT_SESSION_EXPIRY_S 60
 #define TOPIC_BUF (sizeof(CTL_MQTT_TOPIC_PREFIX) + CTL_DEVICE_ID_MAX + 16)
 
 enum { CMD_QUEUED, CMD_INFLIGHT, CMD_DONE };
@@ -561,6 +562,13 @@ int ctl_mqtt_new(struct ctl *c, const struct ctl_mqtt_opts *o, struct ctl_mqtt *
 	mo.key_file = o->key_file;
 	mo.verify_host = o->verify_host;
 	mo.max_inflight = (int)m->cap_toks;
+	/* Several instances share chunk/req, event and tele through $share. A
+	 * stopped instance's session would keep taking its share (queued for
+	 * it, answered by nobody): a clean stop ends the session, and a crashed
+	 * one's expires after CTL_MQTT_SESSION_EXPIRY_S, long enough for a
+	 * restart to resume it and answer what was queued (docs/protocol.md). */
+	mo.session_expiry_s = CTL_MQTT_SESSION_EXPIRY_S;
+	mo.end_session_on_free = true;
 	/* The largest thing we take is a telemetry batch (256 KiB). */
 	mo.max_msg_bytes = CTL_TELE_MAX_BYTES;
 	mo.max_queue_bytes = 16u << 20;
@@ -623,6 +631,17 @@ int ctl_mqtt_fds(const struct ctl_mqtt *m, int fds[2])
 	return n;
 }
 
+/* Confirm committed telemetry to its device (docs/telemetry.md
+ * "Confirmation"); QoS 0: a lost one only means the device sends again. */
+static int ack_publish(void *ud, const char *device, const char *json, size_t len)
+{
+	struct ctl_mqtt *m = ud;
+	char topic[CTL_DEVICE_ID_MAX + 64];
+	snprintf(topic, sizeof(topic), CTL_MQTT_TOPIC_PREFIX "%s/tele/ack", device);
+	int r = fl_mqtt_publish(m->mq, topic, json, len, 0, false, NULL);
+	return r == -FL_EBUSY || r == -ENOTCONN ? r : 0;
+}
+
 int ctl_mqtt_run(struct ctl_mqtt *m, int64_t now_ms, int *ret_next_ms)
 {
 	uint64_t v;
@@ -668,6 +687,8 @@ int ctl_mqtt_run(struct ctl_mqtt *m, int64_t now_ms, int *ret_next_ms)
 		if (n == MAX_EVENTS_PER_RUN)
 			next = 0;
 	}
+	if (m->mq && fl_mqtt_connected(m->mq))
+		ctl_ingest_take_acks(m->ctl, ack_publish, m);
 	cmds_publish(m);
 	backlog_drain(m);
 	if (m->mq) {

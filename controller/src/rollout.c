@@ -1,6 +1,8 @@
 /* Staged rollouts: specification, operator actions and the engine's tick. */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +12,8 @@
 #include <flotilla/util.h>
 
 #include "ctl_internal.h"
+#include "health.h"
+#include "release.h"
 #include "rollout.h"
 
 FL_DEFINE_CLEANUP(cJSON, cJSON_Delete)
@@ -74,12 +78,37 @@ static int set_bool(cJSON *o, const char *k, bool v)
 	return cJSON_AddItemToObject(o, k, n) ? 0 : (cJSON_Delete(n), -ENOMEM);
 }
 
-/* The version of the release for a device of ARCH ("*": every class). */
-static const char *release_version(const cJSON *body, const char *arch)
+static int fail(char *err, size_t n, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t n, int code, const char *fmt, ...)
 {
-	const cJSON *b = cJSON_GetObjectItemCaseSensitive(
-		cJSON_GetObjectItemCaseSensitive(body, "release"), "bundles");
-	const char *v = arch ? jstr(b, arch) : NULL;
+	if (err && n) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, n, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+/* The bundle version the rollout's release has for device D: the most
+ * specific variant that fits its class, or (rollouts of one bundle, and
+ * documents written before releases had variants) release.bundles by arch,
+ * then "*". NULL: no variant fits. */
+static const char *release_version(const cJSON *body, const struct ctl_rollout_dev *d)
+{
+	const cJSON *rel = cJSON_GetObjectItemCaseSensitive(body, "release");
+	const cJSON *vars = cJSON_GetObjectItemCaseSensitive(rel, "variants");
+	if (vars) {
+		struct ctl_hw hw = {.arch = d->arch,
+				    .ram_mb = d->ram_mb,
+				    .accelerators_json = d->accelerators_json,
+				    .backends_json = d->backends_json};
+		int i = ctl_release_pick(vars, &hw);
+		return i < 0 ? NULL : jstr(cJSON_GetArrayItem(vars, i), "bundle");
+	}
+	const cJSON *b = cJSON_GetObjectItemCaseSensitive(rel, "bundles");
+	const char *v = d->arch ? jstr(b, d->arch) : NULL;
 	return v ? v : jstr(b, "*");
 }
 
@@ -125,26 +154,32 @@ static cJSON *with_id(const cJSON *body, int64_t id)
 
 /* ---------------------------------------------------------------- create */
 
-static int parse_select(const cJSON *sel, cJSON *out)
+static int parse_select(const cJSON *sel, cJSON *out, char *err, size_t en)
 {
 	static const char *const keys[] = {"labels", "arch", "devices", NULL};
 	if (!cJSON_IsObject(sel))
-		return -FL_ESCHEMA;
-	int r = fl_json_check_keys(sel, keys, NULL);
-	if (r < 0)
-		return r;
+		return fail(err, en, -FL_ESCHEMA, "select: expected an object");
+	const char *bad = NULL;
+	if (fl_json_check_keys(sel, keys, &bad) < 0)
+		return fail(err, en, -FL_ESCHEMA,
+			    "select: unknown member '%.64s' (labels, arch, devices)", bad);
 	cJSON *labels = cJSON_AddObjectToObject(out, "labels");
 	if (!labels)
 		return -ENOMEM;
 	const cJSON *l = cJSON_GetObjectItemCaseSensitive(sel, "labels");
 	if (l) {
 		if (!cJSON_IsObject(l) || cJSON_GetArraySize(l) > CTL_ROLLOUT_SELECT_LABELS_MAX)
-			return -FL_ESCHEMA;
+			return fail(err, en, -FL_ESCHEMA,
+				    "select.labels: expected an object of at most %d strings",
+				    CTL_ROLLOUT_SELECT_LABELS_MAX);
 		const cJSON *it;
 		cJSON_ArrayForEach(it, l) {
 			if (!cJSON_IsString(it) || !label_str_ok(it->string) ||
 			    !label_str_ok(it->valuestring))
-				return -FL_ESCHEMA;
+				return fail(err, en, -FL_ESCHEMA,
+					    "select.labels: each value a string of 1..%d "
+					    "characters, no control characters",
+					    CTL_LABEL_VALUE_MAX);
 			if (!cJSON_AddStringToObject(labels, it->string, it->valuestring))
 				return -ENOMEM;
 		}
@@ -152,7 +187,7 @@ static int parse_select(const cJSON *sel, cJSON *out)
 	const cJSON *a = cJSON_GetObjectItemCaseSensitive(sel, "arch");
 	if (a) {
 		if (!cJSON_IsString(a) || !fl_name_valid(a->valuestring, 64))
-			return -FL_ESCHEMA;
+			return fail(err, en, -FL_ESCHEMA, "select.arch: expected a name");
 		if (!cJSON_AddStringToObject(out, "arch", a->valuestring))
 			return -ENOMEM;
 	}
@@ -160,14 +195,18 @@ static int parse_select(const cJSON *sel, cJSON *out)
 	if (d) {
 		if (!cJSON_IsArray(d) || cJSON_GetArraySize(d) < 1 ||
 		    cJSON_GetArraySize(d) > CTL_ROLLOUT_SELECT_DEVICES_MAX)
-			return -FL_ESCHEMA;
+			return fail(err, en, -FL_ESCHEMA, "select.devices: expected 1..%d device ids",
+				    CTL_ROLLOUT_SELECT_DEVICES_MAX);
 		cJSON *arr = cJSON_AddArrayToObject(out, "devices");
 		if (!arr)
 			return -ENOMEM;
 		const cJSON *it;
 		cJSON_ArrayForEach(it, d) {
 			if (!cJSON_IsString(it) || !fl_name_valid(it->valuestring, CTL_DEVICE_ID_MAX))
-				return -FL_ESCHEMA;
+				return fail(err, en, -FL_ESCHEMA,
+					    "select.devices: each a device id (name of 1..%d "
+					    "characters)",
+					    CTL_DEVICE_ID_MAX);
 			cJSON *s = cJSON_CreateString(it->valuestring);
 			if (!s || !cJSON_AddItemToArray(arr, s)) {
 				cJSON_Delete(s);
@@ -178,48 +217,190 @@ static int parse_select(const cJSON *sel, cJSON *out)
 	return 0;
 }
 
-/* Validate the API body into a fresh rollout document. */
-static int parse_spec(const void *json, size_t len, int64_t now_s, const char *actor,
-		      cJSON **ret)
+/* "HH:MM" -> minutes of the day, -1 when malformed. */
+static int hhmm(const char *s)
 {
-	static const char *const keys[] = {"model",	     "version",	       "select",
-					   "waves",	     "wave_unit",      "soak_s",
-					   "max_concurrent", "max_failure_rate", "min_sample",
-					   "revert_on_halt", NULL};
+	if (!s || strlen(s) != 5 || s[2] != ':')
+		return -1;
+	for (int i = 0; i < 5; i++)
+		if (i != 2 && (s[i] < '0' || s[i] > '9'))
+			return -1;
+	int h = (s[0] - '0') * 10 + (s[1] - '0'), m = (s[3] - '0') * 10 + (s[4] - '0');
+	return h < 24 && m < 60 ? h * 60 + m : -1;
+}
+
+static const char *const weekdays[] = {"sun", "mon", "tue", "wed", "thu", "fri", "sat"};
+
+/* Maintenance windows: [{"labels": {..}, "start": "HH:MM", "end": "HH:MM",
+ * "days": ["mon", ...]}] (UTC). */
+static int parse_windows(const cJSON *in, cJSON *out, char *err, size_t en)
+{
+	static const char *const keys[] = {"labels", "start", "end", "days", NULL};
+	if (!cJSON_IsArray(in) || cJSON_GetArraySize(in) < 1 ||
+	    cJSON_GetArraySize(in) > CTL_ROLLOUT_WINDOWS_MAX)
+		return fail(err, en, -FL_ESCHEMA, "windows: expected an array of 1..%d windows",
+			    CTL_ROLLOUT_WINDOWS_MAX);
+	int i = 0;
+	const cJSON *w;
+	cJSON_ArrayForEach(w, in) {
+		const char *bad = NULL;
+		if (!cJSON_IsObject(w))
+			return fail(err, en, -FL_ESCHEMA, "windows[%d]: expected an object", i);
+		if (fl_json_check_keys(w, keys, &bad) < 0)
+			return fail(err, en, -FL_ESCHEMA,
+				    "windows[%d]: unknown member '%.64s' (labels, start, end, days)",
+				    i, bad);
+		cJSON *o = cJSON_CreateObject();
+		if (!o || !cJSON_AddItemToArray(out, o)) {
+			cJSON_Delete(o);
+			return -ENOMEM;
+		}
+		cJSON *labels = cJSON_AddObjectToObject(o, "labels");
+		if (!labels)
+			return -ENOMEM;
+		const cJSON *l = cJSON_GetObjectItemCaseSensitive(w, "labels");
+		if (!cJSON_IsObject(l) || cJSON_GetArraySize(l) > CTL_ROLLOUT_SELECT_LABELS_MAX)
+			return fail(err, en, -FL_ESCHEMA,
+				    "windows[%d].labels: expected an object of at most %d strings", i,
+				    CTL_ROLLOUT_SELECT_LABELS_MAX);
+		const cJSON *it;
+		cJSON_ArrayForEach(it, l) {
+			if (!cJSON_IsString(it) || !label_str_ok(it->string) ||
+			    !label_str_ok(it->valuestring))
+				return fail(err, en, -FL_ESCHEMA,
+					    "windows[%d].labels: each value a string", i);
+			if (!cJSON_AddStringToObject(labels, it->string, it->valuestring))
+				return -ENOMEM;
+		}
+		static const char *const se[] = {"start", "end"};
+		for (int k = 0; k < 2; k++) {
+			const cJSON *v = cJSON_GetObjectItemCaseSensitive(w, se[k]);
+			if (!cJSON_IsString(v) || hhmm(v->valuestring) < 0)
+				return fail(err, en, -FL_ESCHEMA,
+					    "windows[%d].%s: expected \"HH:MM\" (UTC)", i, se[k]);
+			if (!cJSON_AddStringToObject(o, se[k], v->valuestring))
+				return -ENOMEM;
+		}
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(w, "days");
+		if (d) {
+			if (!cJSON_IsArray(d) || cJSON_GetArraySize(d) < 1 || cJSON_GetArraySize(d) > 7)
+				return fail(err, en, -FL_ESCHEMA,
+					    "windows[%d].days: expected 1..7 of sun, mon, ..., sat", i);
+			cJSON *days = cJSON_AddArrayToObject(o, "days");
+			if (!days)
+				return -ENOMEM;
+			cJSON_ArrayForEach(it, d) {
+				bool known = false, dup = false;
+				for (int k = 0; k < 7 && cJSON_IsString(it); k++)
+					known |= !strcmp(it->valuestring, weekdays[k]);
+				const cJSON *x;
+				cJSON_ArrayForEach(x, days)
+					dup |= known && !strcmp(x->valuestring, it->valuestring);
+				if (!known || dup)
+					return fail(err, en, -FL_ESCHEMA,
+						    "windows[%d].days: expected distinct sun, mon, ..., "
+						    "sat",
+						    i);
+				if (!cJSON_AddItemToArray(days, cJSON_CreateString(it->valuestring)))
+					return -ENOMEM;
+			}
+		}
+		i++;
+	}
+	return 0;
+}
+
+/* True when NOW_S (UTC) lies in window W. */
+static bool in_window(const cJSON *w, int64_t now_s)
+{
+	int64_t day = now_s >= 0 ? now_s / 86400 : (now_s - 86399) / 86400;
+	int minute = (int)((now_s - day * 86400) / 60);
+	int wd = (int)(((day % 7) + 7 + 4) % 7); /* 1970-01-01 was a Thursday */
+	const cJSON *days = cJSON_GetObjectItemCaseSensitive(w, "days");
+	if (days) {
+		bool ok = false;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, days)
+			ok |= cJSON_IsString(it) && !strcmp(it->valuestring, weekdays[wd]);
+		if (!ok)
+			return false;
+	}
+	int a = hhmm(jstr(w, "start")), b = hhmm(jstr(w, "end"));
+	if (a < 0 || b < 0)
+		return false;
+	return a <= b ? minute >= a && minute < b : minute >= a || minute < b;
+}
+
+/* A getter's error as a message naming KEY. */
+static int member_err(int r, const char *key, const char *what, char *err, size_t en)
+{
+	if (r == -FL_ERANGE)
+		return fail(err, en, r, "%s: expected %s", key, what);
+	return fail(err, en, r, "%s: wrong type, expected %s", key, what);
+}
+
+/* Validate the API body into a fresh rollout document (the release member
+ * is filled by the caller). */
+static int parse_spec(const void *json, size_t len, int64_t now_s, const char *actor,
+		      cJSON **ret, char *err, size_t en)
+{
+	static const char *const keys[] = {"model",	     "version",	       "release",
+					   "select",	     "waves",	       "wave_unit",
+					   "soak_s",	     "max_concurrent", "max_failure_rate",
+					   "min_sample",     "revert_on_halt", "gates",
+					   "windows",	     NULL};
 	_cleanup_(cJSON_Deletep) cJSON *in = NULL;
 	int r = fl_json_parse(json, len, CTL_ROLLOUT_BODY_MAX, 6, &in);
 	if (r < 0)
-		return r;
+		return fail(err, en, r, "body: %s", fl_strerror(r));
 	if (!cJSON_IsObject(in))
-		return -FL_ESCHEMA;
-	if ((r = fl_json_check_keys(in, keys, NULL)) < 0)
-		return r;
-	const char *model, *version, *unit;
+		return fail(err, en, -FL_ESCHEMA, "body: expected a JSON object");
+	const char *bad = NULL;
+	if (fl_json_check_keys(in, keys, &bad) < 0)
+		return fail(err, en, -FL_ESCHEMA, "unknown member '%.64s'", bad);
+	const char *model, *version = NULL, *release = NULL, *unit;
 	int64_t soak, maxc, mins;
 	double rate;
 	bool roh;
-	if ((r = fl_json_get_str(in, "model", &model)) < 0 ||
-	    (r = fl_json_get_str(in, "version", &version)) < 0 ||
-	    (r = fl_json_get_str_opt(in, "wave_unit", "percent", &unit)) < 0 ||
-	    (r = fl_json_get_int_opt(in, "soak_s", 0, CTL_ROLLOUT_SOAK_MAX_S, 300, &soak)) < 0 ||
-	    (r = fl_json_get_int_opt(in, "max_concurrent", 1, CTL_MAX_TRACKED_DEVICES, 100,
-				     &maxc)) < 0 ||
-	    (r = fl_json_get_double_opt(in, "max_failure_rate", 0.0, 1.0, 0.1, &rate)) < 0 ||
-	    (r = fl_json_get_int_opt(in, "min_sample", 1, CTL_MAX_TRACKED_DEVICES, 5, &mins)) <
-		    0 ||
-	    (r = fl_json_get_bool_opt(in, "revert_on_halt", false, &roh)) < 0)
-		return r;
-	if (!fl_name_valid(model, 64) || !ctl_version_valid(version))
-		return -EINVAL;
+	if ((r = fl_json_get_str(in, "model", &model)) < 0)
+		return member_err(r, "model", "a string", err, en);
+	bool has_v = cJSON_GetObjectItemCaseSensitive(in, "version") != NULL;
+	bool has_r = cJSON_GetObjectItemCaseSensitive(in, "release") != NULL;
+	if (has_v == has_r)
+		return fail(err, en, -FL_ESCHEMA,
+			    "give either version (one bundle) or release (a release's version)");
+	if (has_v && (r = fl_json_get_str(in, "version", &version)) < 0)
+		return member_err(r, "version", "a string", err, en);
+	if (has_r && (r = fl_json_get_str(in, "release", &release)) < 0)
+		return member_err(r, "release", "a string (the release's version)", err, en);
+	if ((r = fl_json_get_str_opt(in, "wave_unit", "percent", &unit)) < 0)
+		return member_err(r, "wave_unit", "\"percent\" or \"count\"", err, en);
+	if ((r = fl_json_get_int_opt(in, "soak_s", 0, CTL_ROLLOUT_SOAK_MAX_S, 300, &soak)) < 0)
+		return member_err(r, "soak_s", "an integer 0..2592000", err, en);
+	if ((r = fl_json_get_int_opt(in, "max_concurrent", 1, CTL_MAX_TRACKED_DEVICES, 100,
+				     &maxc)) < 0)
+		return member_err(r, "max_concurrent", "an integer 1..200000", err, en);
+	if ((r = fl_json_get_double_opt(in, "max_failure_rate", 0.0, 1.0, 0.1, &rate)) < 0)
+		return member_err(r, "max_failure_rate", "a number 0..1", err, en);
+	if ((r = fl_json_get_int_opt(in, "min_sample", 1, CTL_MAX_TRACKED_DEVICES, 5, &mins)) < 0)
+		return member_err(r, "min_sample", "an integer 1..200000", err, en);
+	if ((r = fl_json_get_bool_opt(in, "revert_on_halt", false, &roh)) < 0)
+		return member_err(r, "revert_on_halt", "true or false", err, en);
+	if (!fl_name_valid(model, 64))
+		return fail(err, en, -EINVAL, "model: not a valid name");
+	if (!ctl_version_valid(version ? version : release))
+		return fail(err, en, -EINVAL, "%s: 1..64 printable characters, no blanks",
+			    version ? "version" : "release");
 	bool percent = !strcmp(unit, "percent");
 	if (!percent && strcmp(unit, "count"))
-		return -FL_ESCHEMA;
+		return fail(err, en, -FL_ESCHEMA, "wave_unit: expected \"percent\" or \"count\"");
 	const cJSON *w;
 	if ((r = fl_json_get_arr(in, "waves", &w)) < 0)
-		return r;
+		return member_err(r, "waves", "an array of integers", err, en);
 	int nw = cJSON_GetArraySize(w);
 	if (nw < 1 || nw > CTL_ROLLOUT_WAVES_MAX)
-		return -FL_ERANGE;
+		return fail(err, en, -FL_ERANGE, "waves: expected 1..%d waves",
+			    CTL_ROLLOUT_WAVES_MAX);
 	cJSON *out = cJSON_CreateObject();
 	if (!out)
 		return -ENOMEM;
@@ -231,30 +412,51 @@ static int parse_spec(const void *json, size_t len, int64_t now_s, const char *a
 	const cJSON *it;
 	cJSON_ArrayForEach(it, w) {
 		if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble))
-			return -FL_ESCHEMA;
+			return fail(err, en, -FL_ESCHEMA, "waves: each an integer");
 		double v = it->valuedouble;
 		if (v <= (double)prev || v > (percent ? 100.0 : (double)CTL_MAX_TRACKED_DEVICES))
-			return -FL_ERANGE;
+			return fail(err, en, -FL_ERANGE,
+				    "waves: strictly increasing, cumulative, %s",
+				    percent ? "1..100 percent" : "1..200000 devices");
 		prev = (int64_t)v;
 		if (!cJSON_AddItemToArray(waves, cJSON_CreateNumber(v)))
 			return -ENOMEM;
 	}
 	if (percent && prev != 100)
-		return -FL_ERANGE;
+		return fail(err, en, -FL_ERANGE, "waves: the last percent wave must be 100");
 	cJSON *sel = cJSON_AddObjectToObject(o, "select");
 	if (!sel)
 		return -ENOMEM;
 	const cJSON *si = cJSON_GetObjectItemCaseSensitive(in, "select");
-	if (si && (r = parse_select(si, sel)) < 0)
+	if (si && (r = parse_select(si, sel, err, en)) < 0)
 		return r;
 	else if (!si && !cJSON_AddObjectToObject(sel, "labels"))
 		return -ENOMEM;
-	cJSON *rel = cJSON_AddObjectToObject(o, "release");
-	cJSON *bundles = rel ? cJSON_AddObjectToObject(rel, "bundles") : NULL;
-	if (!bundles || !cJSON_AddStringToObject(rel, "model", model) ||
-	    !cJSON_AddStringToObject(bundles, "*", version) ||
-	    !cJSON_AddStringToObject(o, "model", model) ||
-	    !cJSON_AddStringToObject(o, "version", version) ||
+	const cJSON *wi = cJSON_GetObjectItemCaseSensitive(in, "windows");
+	if (wi) {
+		cJSON *windows = cJSON_AddArrayToObject(o, "windows");
+		if (!windows)
+			return -ENOMEM;
+		if ((r = parse_windows(wi, windows, err, en)) < 0)
+			return r;
+	}
+	const cJSON *gi = cJSON_GetObjectItemCaseSensitive(in, "gates");
+	if (gi) {
+		cJSON *gates = cJSON_AddObjectToObject(o, "gates");
+		if (!gates)
+			return -ENOMEM;
+		if ((r = ctl_health_gates_parse(gi, gates, err, en)) < 0)
+			return r;
+	}
+	if (version) {
+		cJSON *rel = cJSON_AddObjectToObject(o, "release");
+		cJSON *bundles = rel ? cJSON_AddObjectToObject(rel, "bundles") : NULL;
+		if (!bundles || !cJSON_AddStringToObject(rel, "model", model) ||
+		    !cJSON_AddStringToObject(bundles, "*", version))
+			return -ENOMEM;
+	}
+	if (!cJSON_AddStringToObject(o, "model", model) ||
+	    !cJSON_AddStringToObject(o, "version", version ? version : release) ||
 	    !cJSON_AddStringToObject(o, "wave_unit", unit) ||
 	    set_num(o, "soak_s", (double)soak) < 0 || set_num(o, "max_concurrent", (double)maxc) < 0 ||
 	    set_num(o, "max_failure_rate", rate) < 0 || set_num(o, "min_sample", (double)mins) < 0 ||
@@ -271,23 +473,68 @@ static int parse_spec(const void *json, size_t len, int64_t now_s, const char *a
 	return 0;
 }
 
-int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *actor,
-		       int64_t now_s, cJSON **ret)
+/* Fill the rollout's "release" from the stored release MODEL@VERSION
+ * (locked). */
+static int attach_release(struct ctl *c, cJSON *body, char *err, size_t en)
+{
+	const char *model = jstr(body, "model"), *version = jstr(body, "version");
+	_cleanup_free_ char *text = NULL;
+	int64_t rel_id = 0;
+	int r = c->store->ops->release_get(c->store, 0, model, version, &rel_id, &text);
+	if (r == -ENOENT)
+		return fail(err, en, r, "no release %s@%s (create it first)", model, version);
+	if (r < 0)
+		return r;
+	cJSON *stored = cJSON_Parse(text);
+	const cJSON *vars = cJSON_GetObjectItemCaseSensitive(stored, "variants");
+	cJSON *rel = cJSON_CreateObject();
+	cJSON *vcopy = vars ? cJSON_Duplicate(vars, true) : NULL;
+	if (!stored || !vars) {
+		r = -FL_EDB;
+	} else if (!rel || !vcopy || !cJSON_AddNumberToObject(rel, "id", (double)rel_id) ||
+		   !cJSON_AddStringToObject(rel, "model", model) ||
+		   !cJSON_AddStringToObject(rel, "version", version) ||
+		   !cJSON_AddItemToObject(rel, "variants", vcopy)) {
+		r = -ENOMEM;
+	} else {
+		vcopy = NULL;
+		r = cJSON_AddItemToObject(body, "release", rel) ? 0 : -ENOMEM;
+		if (r == 0)
+			rel = NULL;
+	}
+	cJSON_Delete(vcopy);
+	cJSON_Delete(rel);
+	cJSON_Delete(stored);
+	return r;
+}
+
+int ctl_rollout_create_ex(struct ctl *c, const void *json, size_t len, const char *actor,
+			  int64_t now_s, cJSON **ret, char *err, size_t err_len)
 {
 	if (!c || !json || !ret)
 		return -EINVAL;
+	if (err && err_len)
+		err[0] = 0;
 	_cleanup_(cJSON_Deletep) cJSON *body = NULL;
-	int r = parse_spec(json, len, now_s, actor, &body);
+	int r = parse_spec(json, len, now_s, actor, &body, err, err_len);
 	if (r < 0)
 		return r;
-	_cleanup_free_ char *text = cJSON_PrintUnformatted(body);
-	if (!text)
-		return -ENOMEM;
+	bool by_release = !cJSON_GetObjectItemCaseSensitive(body, "release");
 	pthread_mutex_lock(&c->lock);
 	_cleanup_free_ char *env = NULL;
+	_cleanup_free_ char *text = NULL;
 	int64_t id = 0;
-	r = c->store->ops->bundle_envelope(c->store, jstr(body, "model"), jstr(body, "version"),
-					   &env);
+	if (by_release) {
+		r = attach_release(c, body, err, err_len);
+	} else {
+		r = c->store->ops->bundle_envelope(c->store, jstr(body, "model"),
+						   jstr(body, "version"), &env);
+		if (r == -ENOENT)
+			fail(err, err_len, r, "bundle %s@%s was not pushed", jstr(body, "model"),
+			     jstr(body, "version"));
+	}
+	if (r >= 0 && !(text = cJSON_PrintUnformatted(body)))
+		r = -ENOMEM;
 	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
 		r = c->store->ops->rollout_insert(c->store, text, now_s, &id);
 		if (r >= 0) {
@@ -295,11 +542,15 @@ int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *
 				cJSON_GetObjectItemCaseSensitive(body, "waves"));
 			_cleanup_free_ char *sel = cJSON_PrintUnformatted(
 				cJSON_GetObjectItemCaseSensitive(body, "select"));
+			const cJSON *g = cJSON_GetObjectItemCaseSensitive(body, "gates");
+			_cleanup_free_ char *gates = g ? cJSON_PrintUnformatted(g) : strdup("none");
 			_cleanup_free_ char *why =
-				waves && sel
-					? fl_asprintf("created: %s@%s waves %s (%s) soak %.0f s, "
+				waves && sel && gates
+					? fl_asprintf("created: %s%s@%s waves %s (%s) soak %.0f s, "
 						      "max concurrent %.0f, halt above failure "
-						      "rate %.3f (min sample %.0f)%s, select %s",
+						      "rate %.3f (min sample %.0f)%s, health gates "
+						      "%s, select %s",
+						      by_release ? "release " : "",
 						      jstr(body, "model"), jstr(body, "version"),
 						      waves, jstr(body, "wave_unit"),
 						      jnum(body, "soak_s", 0),
@@ -309,7 +560,7 @@ int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *
 						      jbool(body, "revert_on_halt")
 							      ? ", revert on halt"
 							      : "",
-						      sel)
+						      gates, sel)
 					: NULL;
 			r = why ? audit(c, now_s, actor, "rollout.create", id, why) : -ENOMEM;
 		}
@@ -326,6 +577,12 @@ int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *
 		return -ENOMEM;
 	*ret = o;
 	return 0;
+}
+
+int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *actor,
+		       int64_t now_s, cJSON **ret)
+{
+	return ctl_rollout_create_ex(c, json, len, actor, now_s, ret, NULL, 0);
 }
 
 /* ---------------------------------------------------------------- queries */
@@ -452,6 +709,7 @@ struct target {
 	char version[CTL_VERSION_MAX + 1];
 	enum outcome out;
 	bool sent, reverted, on_version;
+	bool window_ok; /* may be sent a deploy now (maintenance windows) */
 };
 
 struct scan {
@@ -461,8 +719,40 @@ struct scan {
 	const char *arch;
 	struct target *t;
 	size_t n, cap;
+	size_t skipped; /* selected, but no variant of the release fits */
+	const cJSON *windows;
+	int64_t now_s;
 	int err;
 };
+
+/* Maintenance windows: a device that matches the labels of one or more
+ * windows may be sent a deploy only inside one of them. */
+static bool window_ok(const struct scan *sc, const struct ctl_rollout_dev *d)
+{
+	if (!sc->windows || d->sent)
+		return true;
+	cJSON *l = d->labels_json ? cJSON_Parse(d->labels_json) : NULL;
+	bool matched = false, inside = false;
+	const cJSON *w;
+	cJSON_ArrayForEach(w, sc->windows) {
+		bool m = true;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(w, "labels")) {
+			const char *v = jstr(l, it->string);
+			if (!v || strcmp(v, it->valuestring))
+				m = false;
+		}
+		if (!m)
+			continue;
+		matched = true;
+		if (in_window(w, sc->now_s)) {
+			inside = true;
+			break;
+		}
+	}
+	cJSON_Delete(l);
+	return !matched || inside;
+}
 
 static uint64_t fnv(int64_t rid, const char *id)
 {
@@ -529,9 +819,13 @@ static int scan_cb(void *ud, const struct ctl_rollout_dev *d)
 	struct scan *sc = ud;
 	if (!d->sent && !selected(sc, d))
 		return 0;
-	const char *version = release_version(sc->body, d->arch);
-	if (!version || strlen(d->id) > CTL_DEVICE_ID_MAX)
+	if (strlen(d->id) > CTL_DEVICE_ID_MAX)
 		return 0;
+	const char *version = release_version(sc->body, d);
+	if (!version) {
+		sc->skipped++;
+		return 0;
+	}
 	if (sc->n == sc->cap) {
 		size_t cap = sc->cap ? sc->cap * 2 : 256;
 		if (cap > CTL_MAX_TRACKED_DEVICES)
@@ -550,6 +844,7 @@ static int scan_cb(void *ud, const struct ctl_rollout_dev *d)
 	t->sent = d->sent;
 	t->reverted = d->reverted;
 	t->on_version = d->current_version && !strcmp(d->current_version, version);
+	t->window_ok = t->out == O_NONE ? window_ok(sc, d) : true;
 	return 0;
 }
 
@@ -599,6 +894,107 @@ static size_t wave_size(const cJSON *body, int wave, size_t n)
 	return k < n ? k : n;
 }
 
+struct lookup {
+	const struct target *t;
+	size_t n;
+	int64_t rid;
+};
+
+/* The version DEVICE was sent by the rollout (ctl_health_version_fn). */
+static const char *sent_version(void *ud, const char *device)
+{
+	const struct lookup *l = ud;
+	struct target key = {.hash = fnv(l->rid, device)};
+	fl_strlcpy(key.id, device, sizeof(key.id));
+	const struct target *f = bsearch(&key, l->t, l->n, sizeof(*f), cmp_target);
+	return f && f->sent ? f->version : NULL;
+}
+
+/* Halt rollout RID now with WHY (stored, audited); with revert_on_halt
+ * plan a revert for every device that took the version. */
+static int halt(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, const char *why,
+		const struct target *t, size_t n, struct plan *p)
+{
+	int r;
+	if ((r = set_str(body, "state", "halted")) < 0 ||
+	    (r = set_num(body, "gate_crossed_at", (double)now_s)) < 0 ||
+	    (r = set_num(body, "halted_at", (double)now_s)) < 0 ||
+	    (r = set_str(body, "reason", why)) < 0 ||
+	    (r = set_bool(body, "revert_pending", jbool(body, "revert_on_halt"))) < 0 ||
+	    (r = set_num(body, "updated_at", (double)now_s)) < 0)
+		return r;
+	if ((r = store_body(c, rid, body, now_s)) < 0 ||
+	    (r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.halt", rid, why)) < 0)
+		return r;
+	if (jbool(body, "revert_on_halt"))
+		for (size_t i = 0; i < n; i++)
+			if (t[i].sent && !t[i].reverted && t[i].on_version &&
+			    (r = plan_add(p, &t[i], true, n)) < 0)
+				return r;
+	return 0;
+}
+
+/* counts.waves (each wave's own members: done, failed, in progress, not
+ * started) and counts.variants (per bundle version). */
+static int detail_counts(const cJSON *body, const struct target *t, size_t n, cJSON *counts)
+{
+	int nwaves = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body, "waves"));
+	cJSON *waves = cJSON_AddArrayToObject(counts, "waves");
+	cJSON *vars = cJSON_AddObjectToObject(counts, "variants");
+	if (!waves || !vars)
+		return -ENOMEM;
+	size_t lo = 0;
+	for (int w = 0; w < nwaves; w++) {
+		size_t hi = wave_size(body, w, n);
+		size_t ok = 0, failed = 0, prog = 0, pending = 0;
+		for (size_t i = lo; i < hi; i++) {
+			ok += t[i].out == O_OK;
+			failed += t[i].out == O_FAIL;
+			prog += t[i].out == O_PROGRESS;
+			pending += t[i].out == O_NONE;
+		}
+		cJSON *o = cJSON_CreateObject();
+		if (!o || !cJSON_AddItemToArray(waves, o)) {
+			cJSON_Delete(o);
+			return -ENOMEM;
+		}
+		if (set_num(o, "devices", (double)(hi > lo ? hi - lo : 0)) < 0 ||
+		    set_num(o, "succeeded", (double)ok) < 0 || set_num(o, "failed", (double)failed) < 0 ||
+		    set_num(o, "in_progress", (double)prog) < 0 ||
+		    set_num(o, "pending", (double)pending) < 0)
+			return -ENOMEM;
+		lo = hi > lo ? hi : lo;
+	}
+	for (size_t i = 0; i < n; i++) {
+		cJSON *v = cJSON_GetObjectItemCaseSensitive(vars, t[i].version);
+		if (!v) {
+			v = cJSON_AddObjectToObject(vars, t[i].version);
+			if (!v || set_num(v, "targets", 0) < 0 || set_num(v, "attempted", 0) < 0 ||
+			    set_num(v, "succeeded", 0) < 0 || set_num(v, "failed", 0) < 0)
+				return -ENOMEM;
+		}
+		const char *k[] = {"targets", "attempted", "succeeded", "failed"};
+		bool inc[] = {true, t[i].sent, t[i].sent && t[i].out == O_OK,
+			      t[i].sent && t[i].out == O_FAIL};
+		for (size_t j = 0; j < 4; j++)
+			if (inc[j]) {
+				cJSON *x = cJSON_GetObjectItemCaseSensitive(v, k[j]);
+				cJSON_SetNumberValue(x, x->valuedouble + 1);
+			}
+	}
+	return 0;
+}
+
+/* True when GATES sets a limit (not just min_requests). */
+static bool has_health_limits(const cJSON *gates)
+{
+	const cJSON *it;
+	cJSON_ArrayForEach(it, gates)
+		if (strcmp(it->string, "min_requests"))
+			return true;
+	return false;
+}
+
 /* Decide for rollout RID (locked). Changes to BODY are stored and audited;
  * the commands to send go to PLAN. */
 static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct plan *p)
@@ -614,7 +1010,9 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 			  .rid = rid,
 			  .labels = cJSON_GetObjectItemCaseSensitive(sel, "labels"),
 			  .devices = cJSON_GetObjectItemCaseSensitive(sel, "devices"),
-			  .arch = jstr(sel, "arch")};
+			  .arch = jstr(sel, "arch"),
+			  .windows = cJSON_GetObjectItemCaseSensitive(body, "windows"),
+			  .now_s = now_s};
 	const char *model = jstr(body, "model");
 	if (!model)
 		return -FL_EDB;
@@ -647,12 +1045,18 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 	int nwaves = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body, "waves"));
 	double rate = jnum(body, "max_failure_rate", 0.1);
 	size_t min_sample = (size_t)jnum(body, "min_sample", 5);
+	size_t outside = 0; /* current wave, not sent: outside their maintenance window */
+	for (size_t i = 0, m = wave_size(body, wave, sc.n); i < m; i++)
+		outside += t[i].out == O_NONE && !t[i].window_ok;
 	cJSON *counts = cJSON_CreateObject();
 	if (!counts || set_num(counts, "targets", (double)sc.n) < 0 ||
 	    set_num(counts, "attempted", (double)sent) < 0 ||
 	    set_num(counts, "succeeded", (double)ok) < 0 ||
 	    set_num(counts, "failed", (double)failed) < 0 ||
-	    set_num(counts, "in_progress", (double)inflight) < 0) {
+	    set_num(counts, "in_progress", (double)inflight) < 0 ||
+	    set_num(counts, "skipped", (double)sc.skipped) < 0 ||
+	    set_num(counts, "outside_window", (double)outside) < 0 ||
+	    detail_counts(body, t, sc.n, counts) < 0) {
 		cJSON_Delete(counts);
 		return -ENOMEM;
 	}
@@ -672,22 +1076,57 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 			jbool(body, "revert_on_halt") ? "; reverting the devices that took it" : "");
 		if (!why)
 			return -ENOMEM;
-		if ((r = set_str(body, "state", "halted")) < 0 ||
-		    (r = set_num(body, "gate_crossed_at", (double)now_s)) < 0 ||
-		    (r = set_num(body, "halted_at", (double)now_s)) < 0 ||
-		    (r = set_str(body, "reason", why)) < 0 ||
-		    (r = set_bool(body, "revert_pending", jbool(body, "revert_on_halt"))) < 0 ||
-		    (r = set_num(body, "updated_at", (double)now_s)) < 0)
+		return halt(c, rid, body, now_s, why, t, sc.n, p);
+	}
+
+	/* Health gates: every CTL_ROLLOUT_HEALTH_EVERY_S (telemetry comes once a
+	 * reporting period), and always before a wave may advance. */
+	const cJSON *gates = cJSON_GetObjectItemCaseSensitive(body, "gates");
+	bool wave_done = true;
+	for (size_t i = 0, m = wave_size(body, wave, sc.n); i < m && wave_done; i++)
+		wave_done = t[i].out == O_OK || t[i].out == O_FAIL;
+	const cJSON *done_at = cJSON_GetObjectItemCaseSensitive(body, "wave_done_at");
+	double soak = jnum(body, "soak_s", 0);
+	bool may_advance = wave_done && (cJSON_IsNumber(done_at)
+						 ? (double)now_s - done_at->valuedouble >= soak
+						 : soak <= 0);
+	const cJSON *last_eval = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(body, "health"), "evaluated_at");
+	bool due = may_advance || !cJSON_IsNumber(last_eval) ||
+		   (double)now_s - last_eval->valuedouble >= CTL_ROLLOUT_HEALTH_EVERY_S ||
+		   (double)now_s < last_eval->valuedouble;
+	if (sent > 0 && due && has_health_limits(gates)) {
+		struct lookup l = {.t = t, .n = sc.n, .rid = rid};
+		cJSON *rep = NULL;
+		_cleanup_free_ char *breach = NULL;
+		if ((r = ctl_health_evaluate(c->store, rid, model, gates, sent_version, &l, &rep,
+					     &breach)) < 0)
 			return r;
-		if ((r = store_body(c, rid, body, now_s)) < 0 ||
-		    (r = audit(c, now_s, CTL_ROLLOUT_ACTOR, "rollout.halt", rid, why)) < 0)
-			return r;
-		if (jbool(body, "revert_on_halt"))
-			for (size_t i = 0; i < sc.n; i++)
-				if (t[i].sent && !t[i].reverted && t[i].on_version &&
-				    (r = plan_add(p, &t[i], true, sc.n)) < 0)
-					return r;
-		return 0;
+		cJSON *old_h = cJSON_GetObjectItemCaseSensitive(body, "health");
+		const cJSON *old_c = cJSON_GetObjectItemCaseSensitive(old_h, "checked_at");
+		bool same = old_h && cJSON_Compare(cJSON_GetObjectItemCaseSensitive(old_h, "groups"),
+						   cJSON_GetObjectItemCaseSensitive(rep, "groups"),
+						   true);
+		changed = true; /* evaluated_at at least */
+		if (set_num(rep, "checked_at",
+			    same && cJSON_IsNumber(old_c) ? old_c->valuedouble : (double)now_s) < 0 ||
+		    set_num(rep, "evaluated_at", (double)now_s) < 0) {
+			cJSON_Delete(rep);
+			return -ENOMEM;
+		}
+		if (old_h)
+			cJSON_ReplaceItemInObjectCaseSensitive(body, "health", rep);
+		else
+			cJSON_AddItemToObject(body, "health", rep);
+		if (breach) {
+			_cleanup_free_ char *why = fl_asprintf(
+				"halted: health gate crossed in wave %d: %s%s", wave + 1, breach,
+				jbool(body, "revert_on_halt") ? "; reverting the devices that took it"
+							      : "");
+			if (!why)
+				return -ENOMEM;
+			return halt(c, rid, body, now_s, why, t, sc.n, p);
+		}
 	}
 
 	for (;;) {
@@ -698,7 +1137,7 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 			if (t[i].out == O_OK || t[i].out == O_FAIL)
 				continue;
 			all_done = false;
-			if (!t[i].sent && inflight < maxc) {
+			if (!t[i].sent && inflight < maxc && t[i].window_ok) {
 				if ((r = plan_add(p, &t[i], false, sc.n)) < 0)
 					return r;
 				inflight++;
@@ -823,7 +1262,11 @@ int ctl_rollout_tick(struct ctl *c, int64_t now_s, ctl_rollout_send_fn send, voi
 		return -ENOMEM;
 	size_t n = 0;
 	pthread_mutex_lock(&c->lock);
-	int r = c->store->ops->rollout_list(c->store, ids, CTL_ROLLOUTS_MAX, &n);
+	/* Several instances on one PostgreSQL store: only the leader ticks
+	 * (N stays 0 on the others). */
+	int r = c->store->ops->engine_leader ? c->store->ops->engine_leader(c->store) : 1;
+	if (r > 0)
+		r = c->store->ops->rollout_list(c->store, ids, CTL_ROLLOUTS_MAX, &n);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0)
 		return r;
@@ -836,4 +1279,97 @@ int ctl_rollout_tick(struct ctl *c, int64_t now_s, ctl_rollout_send_fn send, voi
 			total += r;
 	}
 	return first_err ? first_err : total;
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+/* Append S to B as a Prometheus label value (backslash, quote escaped). */
+static int label_val(struct fl_buf *b, const char *s)
+{
+	for (; s && *s; s++) {
+		int r = (*s == '"' || *s == '\\') ? fl_buf_append(b, "\\", 1) : 0;
+		if (r < 0 || (r = fl_buf_append(b, s, 1)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int bprintf(struct fl_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bprintf(struct fl_buf *b, const char *fmt, ...)
+{
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return -EINVAL;
+	return fl_buf_append(b, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+int ctl_rollout_metrics_text(struct ctl *c, char **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	cJSON *all = NULL;
+	int r = ctl_rollout_list(c, &all);
+	if (r < 0)
+		return r;
+	struct fl_buf b = {0};
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(all, "rollouts");
+	int n = cJSON_GetArraySize(arr), first = n > CTL_ROLLOUT_METRICS_MAX
+							  ? n - CTL_ROLLOUT_METRICS_MAX
+							  : 0;
+	static const char *const outcomes[] = {"targets",   "attempted",   "succeeded",
+					       "failed",    "in_progress", "skipped"};
+	r = bprintf(&b, "# HELP flotilla_rollout_info Rollouts (the %d newest) and their state.\n"
+			"# TYPE flotilla_rollout_info gauge\n",
+		    CTL_ROLLOUT_METRICS_MAX);
+	for (int pass = 0; pass < 3 && r >= 0; pass++) {
+		if (pass == 1)
+			r = bprintf(&b, "# HELP flotilla_rollout_wave Current wave (from 1) of each "
+					"rollout.\n# TYPE flotilla_rollout_wave gauge\n");
+		if (pass == 2)
+			r = bprintf(&b, "# HELP flotilla_rollout_devices Devices of each rollout by "
+					"outcome, as its last tick saw them.\n"
+					"# TYPE flotilla_rollout_devices gauge\n");
+		for (int i = first; r >= 0 && i < n; i++) {
+			const cJSON *o = cJSON_GetArrayItem(arr, i);
+			long long id = (long long)jnum(o, "id", 0);
+			if (pass == 0) {
+				r = bprintf(&b, "flotilla_rollout_info{rollout=\"%lld\",model=\"", id);
+				if (r >= 0)
+					r = label_val(&b, jstr(o, "model"));
+				if (r >= 0)
+					r = bprintf(&b, "\",version=\"");
+				if (r >= 0)
+					r = label_val(&b, jstr(o, "version"));
+				if (r >= 0)
+					r = bprintf(&b, "\",state=\"");
+				if (r >= 0)
+					r = label_val(&b, jstr(o, "state"));
+				if (r >= 0)
+					r = bprintf(&b, "\"} 1\n");
+			} else if (pass == 1) {
+				r = bprintf(&b, "flotilla_rollout_wave{rollout=\"%lld\"} %.0f\n", id,
+					    jnum(o, "wave", 0) + 1);
+			} else {
+				const cJSON *cnt = cJSON_GetObjectItemCaseSensitive(o, "counts");
+				for (size_t k = 0; cnt && r >= 0 && k < FL_ARRAY_SIZE(outcomes); k++)
+					r = bprintf(&b,
+						    "flotilla_rollout_devices{rollout=\"%lld\","
+						    "outcome=\"%s\"} %.0f\n",
+						    id, outcomes[k], jnum(cnt, outcomes[k], 0));
+			}
+		}
+	}
+	cJSON_Delete(all);
+	if (r >= 0)
+		r = fl_buf_append(&b, "", 1);
+	if (r < 0) {
+		fl_buf_free(&b);
+		return r;
+	}
+	*ret = (char *)b.p;
+	return 0;
 }

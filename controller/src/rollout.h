@@ -19,8 +19,11 @@
 #define CTL_ROLLOUT_WAVES_MAX 16
 #define CTL_ROLLOUT_SELECT_DEVICES_MAX 10000
 #define CTL_ROLLOUT_SELECT_LABELS_MAX 16
+#define CTL_ROLLOUT_WINDOWS_MAX 16
 #define CTL_ROLLOUT_SOAK_MAX_S (30 * 24 * 3600)
 #define CTL_ROLLOUT_ACTOR "rollout-engine"
+#define CTL_ROLLOUT_HEALTH_EVERY_S 5 /* health gates evaluated at most this often... */
+/* ... and always before a wave may advance */
 
 /* Send the command JSON (LEN bytes) to DEVICE's cmd topic; < 0 on failure
  * (the device is tried again on a later tick). */
@@ -35,6 +38,13 @@ typedef int (*ctl_rollout_send_fn)(void *userdata, const char *device, const cha
  * Errors also: -FL_EDB, -ENOMEM. */
 int ctl_rollout_create(struct ctl *c, const void *json, size_t len, const char *actor,
 		       int64_t now_s, cJSON **ret);
+/* The same; ERR (ERR_LEN bytes, may be NULL) gets a message naming what is
+ * wrong. The body may name a release ({"model", "release": VERSION}: each
+ * device gets the variant that fits its class; -ENOENT when there is no such
+ * release) instead of one bundle ({"model", "version"}), and may carry
+ * health gates ("gates", docs/rollouts.md). */
+int ctl_rollout_create_ex(struct ctl *c, const void *json, size_t len, const char *actor,
+			  int64_t now_s, cJSON **ret, char *err, size_t err_len);
 /* The rollout's JSON (caller frees); -ENOENT. */
 int ctl_rollout_get(struct ctl *c, int64_t id, cJSON **ret);
 /* {"rollouts":[...]} (caller frees). */
@@ -54,5 +64,12 @@ int ctl_rollout_action(struct ctl *c, int64_t id, const char *action, const char
  * rollouts send the reverts. Returns the number of commands sent, or the
  * first error (-FL_EDB, -ENOMEM); other rollouts still get their turn. */
 int ctl_rollout_tick(struct ctl *c, int64_t now_s, ctl_rollout_send_fn send, void *userdata);
+
+/* Prometheus text for /metrics (caller frees): flotilla_rollout_info
+ * {rollout, model, version, state}, flotilla_rollout_wave{rollout} and
+ * flotilla_rollout_devices{rollout, outcome} for the CTL_ROLLOUT_METRICS_MAX
+ * newest rollouts. */
+#define CTL_ROLLOUT_METRICS_MAX 100
+int ctl_rollout_metrics_text(struct ctl *c, char **ret);
 
 #endif

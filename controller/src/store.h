@@ -1,9 +1,8 @@
 /* The controller's storage interface (docs/controller.md "Store").
  *
- * A struct ctl_store is a table of operations plus the backend's state. The
- * SQLite backend (store_sqlite.c, WAL) is the only one so far; every SQL
- * statement lives in that file so that a PostgreSQL backend can be added
- * beside it. Listing operations return cJSON trees because every caller (HTTP
+ * A struct ctl_store is a table of operations plus the backend's state:
+ * SQLite (store_sqlite.c, WAL, the default) or PostgreSQL (store_pg.c,
+ * libpq). All SQL lives in those two files. Listing operations return cJSON trees because every caller (HTTP
  * API, CLI) wants JSON anyway.
  *
  * Errors: -FL_EDB for a database failure, -EINVAL for a bad argument,
@@ -19,8 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <flotilla/tele_metrics.h>
+
 #define CTL_DEVICE_ID_MAX 64
-#define CTL_STORE_SCHEMA_VERSION 2
+#define CTL_STORE_SCHEMA_VERSION 3
 
 /* A device as the registry keeps it (strings owned by the caller). */
 struct ctl_device {
@@ -78,6 +79,11 @@ struct ctl_device_filter {
 	const char *version; /* any model's current version */
 	int online;          /* -1 any, 0, 1 */
 	size_t limit;        /* 0: CTL_STORE_LIST_MAX */
+	/* hardware class and install health (0 / NULL: not applied) */
+	int64_t min_ram_mb;
+	const char *accelerator;   /* listed in the device's accelerators */
+	const char *backend;       /* listed in its backends */
+	const char *install_state; /* any model's install state, e.g. "FAILED" */
 };
 #define CTL_STORE_LIST_MAX 10000
 
@@ -87,6 +93,9 @@ struct ctl_rollout_dev {
 	const char *id;
 	const char *labels_json;
 	const char *arch;            /* NULL when unknown */
+	int64_t ram_mb;              /* -1 when unknown */
+	const char *accelerators_json; /* JSON array text of names */
+	const char *backends_json;     /* JSON array text of names */
 	bool online;
 	const char *current_version; /* of the rollout's model, NULL when absent */
 	const char *install_state;
@@ -97,6 +106,27 @@ struct ctl_rollout_dev {
 };
 typedef int (*ctl_rollout_scan_fn)(void *userdata, const struct ctl_rollout_dev *d);
 #define CTL_ROLLOUTS_MAX 10000
+#define CTL_RELEASES_MAX 10000
+
+/* Health figures of one model version on one device (health.c): what
+ * health_add() adds to the stored totals, and what health_scan() returns
+ * (strings valid during the callback only). */
+struct ctl_health {
+	const char *device;
+	const char *model;
+	const char *version;
+	int64_t first_s, last_s; /* controller clock: first and last record added */
+	uint64_t records;        /* model records added */
+	uint64_t requests;
+	uint64_t errors;         /* every error kind */
+	uint64_t crashes;        /* runner_crashed events */
+	uint64_t restarts;       /* runner_restarts from the model records */
+	uint64_t outputs, empty, refusals; /* quality signals */
+	double psi_sum;          /* sum of each record's largest drift PSI */
+	uint64_t psi_n;          /* records with a drift PSI */
+	struct tele_hist latency_us;
+};
+typedef int (*ctl_health_scan_fn)(void *userdata, const struct ctl_health *h);
 
 struct ctl_store;
 
@@ -128,6 +158,12 @@ struct ctl_store_ops {
 
 	/* 1 inserted, 0 duplicate (device, stream, seq). */
 	int (*tele_insert)(struct ctl_store *s, const struct ctl_tele_rec *r);
+	/* Optional (NULL: tele_insert one by one): insert N records in one
+	 * statement; RET_NEW[i] = 1 when record i was inserted, 0 when a
+	 * duplicate (also of an earlier record of the same call). PostgreSQL
+	 * has it: one round trip per batch instead of one per record. */
+	int (*tele_insert_batch)(struct ctl_store *s, const struct ctl_tele_rec *recs, size_t n,
+				 uint8_t *ret_new);
 	int (*gaps_put)(struct ctl_store *s, const char *device, const char *stream,
 			uint64_t missing_ranges, uint64_t missing_seqs, uint64_t dropped,
 			uint64_t highest, int64_t now_s);
@@ -155,6 +191,32 @@ struct ctl_store_ops {
 	 * record; FN's negative return stops the scan and is returned. */
 	int (*rollout_scan)(struct ctl_store *s, int64_t id, const char *model,
 			    ctl_rollout_scan_fn fn, void *ud);
+
+	/* Releases (docs/rollouts.md): BODY is the release's JSON document.
+	 * insert: -EEXIST when (MODEL, VERSION) is taken. get: by ID (> 0) or
+	 * by MODEL and VERSION (ID 0); -ENOENT. list: {"releases":[...]} in
+	 * ascending id, only MODEL's when not NULL; each body gets "id". */
+	int (*release_insert)(struct ctl_store *s, const char *model, const char *version,
+			      const char *body, int64_t now_s, int64_t *ret_id);
+	int (*release_get)(struct ctl_store *s, int64_t id, const char *model,
+			   const char *version, int64_t *ret_id, char **ret_body);
+	int (*release_list)(struct ctl_store *s, const char *model, cJSON **ret);
+
+	/* Health totals per (device, model, version): add H's counts (the
+	 * histograms bucket by bucket); first_s is kept, last_s replaced. */
+	int (*health_add)(struct ctl_store *s, const struct ctl_health *h);
+	/* Call FN for every stored (device, MODEL, version) of the devices
+	 * rollout ID sent a deploy to, grouped by device (ascending id). FN's
+	 * negative return stops and is returned. */
+	int (*health_scan)(struct ctl_store *s, int64_t id, const char *model,
+			   ctl_health_scan_fn fn, void *ud);
+
+	/* 1 when this instance runs the rollout engine, 0 when another
+	 * instance on the same store does. SQLite: always 1 (one controller
+	 * per file). PostgreSQL: a session advisory lock taken on the first
+	 * success and held until the connection closes, so a killed leader's
+	 * lock is freed by the server and the next instance to ask takes it. */
+	int (*engine_leader)(struct ctl_store *s);
 };
 
 struct ctl_store {
@@ -167,6 +229,14 @@ struct ctl_store {
  * than this program knows is -FL_EUNSUPPORTED. Caller frees with
  * ctl_store_close(). Errors: -FL_EDB, -FL_EUNSUPPORTED, -ENOMEM. */
 int ctl_store_open_sqlite(const char *path, struct ctl_store **ret);
+
+/* Open the PostgreSQL store at CONNINFO (a libpq connection string,
+ * "host=... port=... dbname=..." or "postgresql://..."), run the pending
+ * migrations the same way (each in one transaction, under an advisory lock
+ * so that instances starting together migrate once) and prepare every
+ * statement. Errors: -EINVAL, -FL_EDB (connection or SQL, logged),
+ * -FL_EUNSUPPORTED (newer schema), -ENOMEM. */
+int ctl_store_open_pg(const char *conninfo, struct ctl_store **ret);
 
 /* Close S (NULL is fine). */
 void ctl_store_close(struct ctl_store *s);

@@ -86,6 +86,38 @@ static const char *const migrations[] = {
 	" sent_at INTEGER NOT NULL,"
 	" reverted INTEGER NOT NULL DEFAULT 0,"
 	" PRIMARY KEY(rollout, device));",
+	/* 3: releases with per-class variants; per-version health totals
+	 * (docs/rollouts.md) */
+	"CREATE TABLE releases("
+	" id INTEGER PRIMARY KEY,"
+	" model TEXT NOT NULL,"
+	" version TEXT NOT NULL,"
+	" body TEXT NOT NULL,"
+	" created_at INTEGER NOT NULL,"
+	" UNIQUE(model, version));"
+	"CREATE TABLE health("
+	" device TEXT NOT NULL,"
+	" model TEXT NOT NULL,"
+	" version TEXT NOT NULL,"
+	" first_s INTEGER NOT NULL,"
+	" last_s INTEGER NOT NULL,"
+	" records INTEGER NOT NULL,"
+	" requests INTEGER NOT NULL,"
+	" errors INTEGER NOT NULL,"
+	" crashes INTEGER NOT NULL,"
+	" restarts INTEGER NOT NULL,"
+	" outputs INTEGER NOT NULL,"
+	" empty INTEGER NOT NULL,"
+	" refusals INTEGER NOT NULL,"
+	" psi_sum REAL NOT NULL,"
+	" psi_n INTEGER NOT NULL,"
+	" lat_n INTEGER NOT NULL,"
+	" lat_sum REAL NOT NULL,"
+	" lat_min REAL NOT NULL,"
+	" lat_max REAL NOT NULL,"
+	" lat_hist BLOB,"
+	" PRIMARY KEY(device, model, version));"
+	"CREATE INDEX health_version ON health(model, version);",
 };
 
 enum {
@@ -121,6 +153,12 @@ enum {
 	Q_RO_LIST,
 	Q_RO_MARK,
 	Q_RO_SCAN,
+	Q_REL_INSERT,
+	Q_REL_GET_ID,
+	Q_REL_GET_NAME,
+	Q_REL_LIST,
+	Q_HEALTH_ADD,
+	Q_HEALTH_SCAN,
 	Q_COUNT
 };
 
@@ -142,16 +180,28 @@ static const char *const queries[Q_COUNT] = {
 			" slots, install_state, install_version, install_error, bytes_done,"
 			" bytes_total, chunks_done, chunks_total)"
 			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+	/* One row per (device, model) of the selected devices, models in order
+	 * (NULL model: none); one query instead of one per device. */
 	[Q_DEV_LIST] =
 		"SELECT d.id, d.labels, d.arch, d.ram_mb, d.accelerators, d.backends, d.online,"
-		" d.last_seen, d.agent_version FROM devices d"
-		" WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.labels) j"
-		"        WHERE j.key = ?1 AND j.value = ?2))"
-		" AND (?3 IS NULL OR d.arch = ?3)"
-		" AND (?4 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
-		"        WHERE m.device = d.id AND m.current_version = ?4))"
-		" AND (?5 < 0 OR d.online = ?5)"
-		" ORDER BY d.id LIMIT ?6",
+		" d.last_seen, d.agent_version, m.model, m.current_version FROM"
+		" (SELECT * FROM devices d"
+		"  WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.labels) j"
+		"         WHERE j.key = ?1 AND j.value = ?2))"
+		"  AND (?3 IS NULL OR d.arch = ?3)"
+		"  AND (?4 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"         WHERE m.device = d.id AND m.current_version = ?4))"
+		"  AND (?5 < 0 OR d.online = ?5)"
+		"  AND (?7 IS NULL OR d.ram_mb >= ?7)"
+		"  AND (?8 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.accelerators) j"
+		"         WHERE j.value = ?8))"
+		"  AND (?9 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.backends) j"
+		"         WHERE j.value = ?9))"
+		"  AND (?10 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"         WHERE m.device = d.id AND m.install_state = ?10))"
+		"  ORDER BY d.id LIMIT ?6) d"
+		" LEFT JOIN device_models m ON m.device = d.id"
+		" ORDER BY d.id, m.model",
 	[Q_DEV_MODELS] = "SELECT model, current_slot, current_version, slots, install_state,"
 			 " install_version, install_error, bytes_done, bytes_total, chunks_done,"
 			 " chunks_total FROM device_models WHERE device = ?1 ORDER BY model",
@@ -195,10 +245,51 @@ static const char *const queries[Q_COUNT] = {
 		      " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(rollout, device) DO UPDATE SET"
 		      " sent_at = excluded.sent_at, reverted = excluded.reverted",
 	[Q_RO_SCAN] = "SELECT d.id, d.labels, d.arch, d.online, m.current_version,"
-		      " m.install_state, m.install_version, r.sent_at, r.reverted"
+		      " m.install_state, m.install_version, r.sent_at, r.reverted,"
+		      " d.ram_mb, d.accelerators, d.backends"
 		      " FROM devices d"
 		      " LEFT JOIN device_models m ON m.device = d.id AND m.model = ?2"
 		      " LEFT JOIN rollout_devices r ON r.rollout = ?1 AND r.device = d.id",
+	[Q_REL_INSERT] = "INSERT INTO releases(id, model, version, body, created_at)"
+			 " VALUES((SELECT COALESCE(MAX(id), 0) + 1 FROM releases), ?1, ?2, ?3, ?4)"
+			 " ON CONFLICT(model, version) DO NOTHING RETURNING id",
+	[Q_REL_GET_ID] = "SELECT id, body FROM releases WHERE id = ?1",
+	[Q_REL_GET_NAME] = "SELECT id, body FROM releases WHERE model = ?1 AND version = ?2",
+	[Q_REL_LIST] = "SELECT id, body FROM releases WHERE (?1 IS NULL OR model = ?1)"
+		       " ORDER BY id LIMIT 10000",
+	[Q_HEALTH_ADD] =
+		"INSERT INTO health(device, model, version, first_s, last_s, records, requests,"
+		" errors, crashes, restarts, outputs, empty, refusals, psi_sum, psi_n, lat_n,"
+		" lat_sum, lat_min, lat_max, lat_hist) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+		" ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+		" ON CONFLICT(device, model, version) DO UPDATE SET last_s = excluded.last_s,"
+		" records = health.records + excluded.records,"
+		" requests = health.requests + excluded.requests,"
+		" errors = health.errors + excluded.errors,"
+		" crashes = health.crashes + excluded.crashes,"
+		" restarts = health.restarts + excluded.restarts,"
+		" outputs = health.outputs + excluded.outputs,"
+		" empty = health.empty + excluded.empty,"
+		" refusals = health.refusals + excluded.refusals,"
+		" psi_sum = health.psi_sum + excluded.psi_sum,"
+		" psi_n = health.psi_n + excluded.psi_n,"
+		" lat_min = CASE WHEN excluded.lat_n = 0 THEN health.lat_min"
+		"  WHEN health.lat_n = 0 THEN excluded.lat_min"
+		"  ELSE MIN(health.lat_min, excluded.lat_min) END,"
+		" lat_max = CASE WHEN excluded.lat_n = 0 THEN health.lat_max"
+		"  WHEN health.lat_n = 0 THEN excluded.lat_max"
+		"  ELSE MAX(health.lat_max, excluded.lat_max) END,"
+		" lat_n = health.lat_n + excluded.lat_n,"
+		" lat_sum = health.lat_sum + excluded.lat_sum,"
+		" lat_hist = fl_hist_add(health.lat_hist, excluded.lat_hist)",
+	[Q_HEALTH_SCAN] = "SELECT h.device, h.version, h.first_s, h.last_s, h.records, h.requests,"
+			  " h.errors, h.crashes, h.restarts, h.outputs, h.empty, h.refusals,"
+			  " h.psi_sum, h.psi_n, h.lat_n, h.lat_sum, h.lat_min, h.lat_max,"
+			  " h.lat_hist FROM rollout_devices r"
+			  /* CROSS JOIN: SQLite keeps this order, rollout_devices'
+			   * key gives the devices sorted, no temp b-tree */
+			  " CROSS JOIN health h ON h.device = r.device AND h.model = ?2"
+			  " WHERE r.rollout = ?1 ORDER BY r.device",
 };
 
 struct sq_store {
@@ -471,8 +562,12 @@ static int sq_device_list(struct ctl_store *s, const struct ctl_device_filter *f
 	sqlite3_bind_int(st, 5, f->online);
 	size_t limit = f->limit && f->limit < CTL_STORE_LIST_MAX ? f->limit : CTL_STORE_LIST_MAX;
 	sqlite3_bind_int64(st, 6, (sqlite3_int64)limit);
+	if (f->min_ram_mb > 0)
+		sqlite3_bind_int64(st, 7, f->min_ram_mb);
+	bind_text(st, 8, f->accelerator);
+	bind_text(st, 9, f->backend);
+	bind_text(st, 10, f->install_state);
 
-	/* Collect the rows first: device_models() uses another statement. */
 	cJSON *root = cJSON_CreateObject();
 	cJSON *arr = root ? cJSON_AddArrayToObject(root, "devices") : NULL;
 	if (!arr) {
@@ -481,25 +576,26 @@ static int sq_device_list(struct ctl_store *s, const struct ctl_device_filter *f
 		return -ENOMEM;
 	}
 	int r, rc = 0;
+	cJSON *d = NULL, *versions = NULL;
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-		cJSON *d = NULL;
-		if ((rc = device_row(st, &d)) < 0)
+		const char *id = col_text(st, 0);
+		if (!d || !id || strcmp(cJSON_GetObjectItem(d, "id")->valuestring, id)) {
+			d = NULL;
+			if ((rc = device_row(st, &d)) < 0)
+				break;
+			cJSON_AddItemToArray(arr, d);
+			if (!(versions = cJSON_AddObjectToObject(d, "versions"))) {
+				rc = -ENOMEM;
+				break;
+			}
+		}
+		if (sqlite3_column_type(st, 9) != SQLITE_NULL &&
+		    (rc = add_str_col(versions, col_text(st, 9), st, 10)) < 0)
 			break;
-		cJSON_AddItemToArray(arr, d);
 	}
 	if (rc == 0 && r != SQLITE_DONE)
 		rc = -FL_EDB;
 	sqlite3_reset(st);
-	cJSON *d;
-	cJSON_ArrayForEach(d, arr)
-	{
-		if (rc < 0)
-			break;
-		cJSON *models = NULL;
-		rc = device_models(s, cJSON_GetObjectItem(d, "id")->valuestring, false, &models);
-		if (rc >= 0)
-			cJSON_AddItemToObject(d, "versions", models);
-	}
 	if (rc < 0) {
 		cJSON_Delete(root);
 		return rc;
@@ -921,6 +1017,11 @@ static int sq_rollout_scan(struct ctl_store *s, int64_t id, const char *model,
 			.sent = sqlite3_column_type(st, 7) != SQLITE_NULL,
 			.sent_at = sqlite3_column_int64(st, 7),
 			.reverted = sqlite3_column_int(st, 8) != 0,
+			.ram_mb = sqlite3_column_type(st, 9) == SQLITE_NULL
+					  ? -1
+					  : sqlite3_column_int64(st, 9),
+			.accelerators_json = col_text(st, 10),
+			.backends_json = col_text(st, 11),
 		};
 		if (!d.id)
 			continue;
@@ -931,6 +1032,232 @@ static int sq_rollout_scan(struct ctl_store *s, int64_t id, const char *model,
 		rc = -FL_EDB;
 	sqlite3_reset(st);
 	return rc;
+}
+
+/* ---------------------------------------------------------------- releases */
+
+static int sq_release_insert(struct ctl_store *s, const char *model, const char *version,
+			     const char *body, int64_t now_s, int64_t *ret_id)
+{
+	sqlite3_stmt *st = q(s, Q_REL_INSERT);
+	bind_text(st, 1, model);
+	bind_text(st, 2, version);
+	bind_text(st, 3, body);
+	sqlite3_bind_int64(st, 4, now_s);
+	int r = sqlite3_step(st);
+	bool inserted = r == SQLITE_ROW;
+	int64_t id = inserted ? sqlite3_column_int64(st, 0) : 0;
+	if (inserted)
+		r = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (r != SQLITE_DONE)
+		return -FL_EDB;
+	if (!inserted)
+		return -EEXIST;
+	*ret_id = id;
+	return 0;
+}
+
+static int sq_release_get(struct ctl_store *s, int64_t id, const char *model,
+			  const char *version, int64_t *ret_id, char **ret_body)
+{
+	sqlite3_stmt *st;
+	if (id > 0) {
+		st = q(s, Q_REL_GET_ID);
+		sqlite3_bind_int64(st, 1, id);
+	} else {
+		st = q(s, Q_REL_GET_NAME);
+		bind_text(st, 1, model);
+		bind_text(st, 2, version);
+	}
+	int r = sqlite3_step(st);
+	int rc;
+	if (r == SQLITE_ROW) {
+		char *b = strdup(col_text(st, 1));
+		rc = b ? 0 : -ENOMEM;
+		if (b) {
+			if (ret_id)
+				*ret_id = sqlite3_column_int64(st, 0);
+			*ret_body = b;
+		}
+	} else {
+		rc = r == SQLITE_DONE ? -ENOENT : -FL_EDB;
+	}
+	sqlite3_reset(st);
+	return rc;
+}
+
+static int sq_release_list(struct ctl_store *s, const char *model, cJSON **ret)
+{
+	sqlite3_stmt *st = q(s, Q_REL_LIST);
+	bind_text(st, 1, model);
+	cJSON *root = cJSON_CreateObject();
+	cJSON *arr = root ? cJSON_AddArrayToObject(root, "releases") : NULL;
+	if (!arr) {
+		cJSON_Delete(root);
+		return -ENOMEM;
+	}
+	int r, rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		cJSON *o = cJSON_Parse(col_text(st, 1));
+		if (!o) {
+			rc = -FL_EDB; /* we wrote it */
+			break;
+		}
+		cJSON_DeleteItemFromObjectCaseSensitive(o, "id");
+		if (!cJSON_AddNumberToObject(o, "id", (double)sqlite3_column_int64(st, 0)) ||
+		    !cJSON_AddItemToArray(arr, o)) {
+			cJSON_Delete(o);
+			rc = -ENOMEM;
+			break;
+		}
+	}
+	if (rc == 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_reset(st);
+	if (rc < 0) {
+		cJSON_Delete(root);
+		return rc;
+	}
+	*ret = root;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- health */
+
+/* A latency histogram as a blob: its non-empty buckets only, each as the
+ * bucket index (1 byte) and the count (8 bytes, little endian); a typical
+ * histogram has a handful of buckets, so ~50-100 bytes instead of 768. */
+#define HIST_ENTRY_BYTES 9
+#define HIST_BLOB_MAX (TELE_HIST_BUCKETS * HIST_ENTRY_BYTES)
+
+static size_t hist_put(uint8_t *blob, const uint64_t *counts)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < TELE_HIST_BUCKETS; i++) {
+		if (!counts[i])
+			continue;
+		blob[n++] = (uint8_t)i;
+		for (size_t k = 0; k < 8; k++)
+			blob[n++] = (uint8_t)(counts[i] >> (8 * k));
+	}
+	return n;
+}
+
+/* Add the blob's counts to COUNTS; a malformed blob adds nothing (-EINVAL). */
+static int hist_add_blob(const uint8_t *blob, size_t len, uint64_t *counts)
+{
+	if (len % HIST_ENTRY_BYTES || len > HIST_BLOB_MAX)
+		return -EINVAL;
+	for (size_t e = 0; e < len; e += HIST_ENTRY_BYTES)
+		if (blob[e] >= TELE_HIST_BUCKETS)
+			return -EINVAL;
+	for (size_t e = 0; e < len; e += HIST_ENTRY_BYTES) {
+		uint64_t v = 0;
+		for (size_t k = 0; k < 8; k++)
+			v |= (uint64_t)blob[e + 1 + k] << (8 * k);
+		counts[blob[e]] += v;
+	}
+	return 0;
+}
+
+/* SQL fl_hist_add(A, B): the bucket-wise sum of two histogram blobs (NULL or
+ * a malformed blob counts as empty). */
+static void sql_hist_add(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	uint64_t sum[TELE_HIST_BUCKETS] = {0};
+	for (int k = 0; k < argc && k < 2; k++) {
+		if (sqlite3_value_type(argv[k]) != SQLITE_BLOB)
+			continue;
+		uint64_t one[TELE_HIST_BUCKETS] = {0};
+		if (hist_add_blob(sqlite3_value_blob(argv[k]), (size_t)sqlite3_value_bytes(argv[k]),
+				  one) == 0)
+			for (size_t i = 0; i < TELE_HIST_BUCKETS; i++)
+				sum[i] += one[i];
+	}
+	uint8_t *out = sqlite3_malloc(HIST_BLOB_MAX);
+	if (!out) {
+		sqlite3_result_error_nomem(ctx);
+		return;
+	}
+	size_t n = hist_put(out, sum);
+	sqlite3_result_blob(ctx, out, (int)n, sqlite3_free);
+}
+
+static int sq_health_add(struct ctl_store *s, const struct ctl_health *h)
+{
+	uint8_t blob[HIST_BLOB_MAX];
+	size_t blob_len = hist_put(blob, h->latency_us.counts);
+	sqlite3_stmt *st = q(s, Q_HEALTH_ADD);
+	bind_text(st, 1, h->device);
+	bind_text(st, 2, h->model);
+	bind_text(st, 3, h->version);
+	sqlite3_bind_int64(st, 4, h->first_s);
+	sqlite3_bind_int64(st, 5, h->last_s);
+	const uint64_t nums[] = {h->records, h->requests, h->errors,   h->crashes,
+				 h->restarts, h->outputs, h->empty, h->refusals};
+	for (size_t i = 0; i < FL_ARRAY_SIZE(nums); i++) {
+		if (nums[i] > (uint64_t)INT64_MAX)
+			return -EINVAL;
+		sqlite3_bind_int64(st, 6 + (int)i, (sqlite3_int64)nums[i]);
+	}
+	sqlite3_bind_double(st, 14, h->psi_sum);
+	sqlite3_bind_int64(st, 15, (sqlite3_int64)h->psi_n);
+	sqlite3_bind_int64(st, 16, (sqlite3_int64)h->latency_us.count);
+	sqlite3_bind_double(st, 17, h->latency_us.sum);
+	sqlite3_bind_double(st, 18, h->latency_us.count ? h->latency_us.min : 0);
+	sqlite3_bind_double(st, 19, h->latency_us.count ? h->latency_us.max : 0);
+	sqlite3_bind_blob(st, 20, blob, (int)blob_len, SQLITE_STATIC);
+	return step_done(st);
+}
+
+static int sq_health_scan(struct ctl_store *s, int64_t id, const char *model,
+			  ctl_health_scan_fn fn, void *ud)
+{
+	sqlite3_stmt *st = q(s, Q_HEALTH_SCAN);
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, model);
+	int r, rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		struct ctl_health h = {
+			.device = col_text(st, 0),
+			.model = model,
+			.version = col_text(st, 1),
+			.first_s = sqlite3_column_int64(st, 2),
+			.last_s = sqlite3_column_int64(st, 3),
+			.records = (uint64_t)sqlite3_column_int64(st, 4),
+			.requests = (uint64_t)sqlite3_column_int64(st, 5),
+			.errors = (uint64_t)sqlite3_column_int64(st, 6),
+			.crashes = (uint64_t)sqlite3_column_int64(st, 7),
+			.restarts = (uint64_t)sqlite3_column_int64(st, 8),
+			.outputs = (uint64_t)sqlite3_column_int64(st, 9),
+			.empty = (uint64_t)sqlite3_column_int64(st, 10),
+			.refusals = (uint64_t)sqlite3_column_int64(st, 11),
+			.psi_sum = sqlite3_column_double(st, 12),
+			.psi_n = (uint64_t)sqlite3_column_int64(st, 13),
+		};
+		h.latency_us.count = (uint64_t)sqlite3_column_int64(st, 14);
+		h.latency_us.sum = sqlite3_column_double(st, 15);
+		h.latency_us.min = sqlite3_column_double(st, 16);
+		h.latency_us.max = sqlite3_column_double(st, 17);
+		if (sqlite3_column_type(st, 18) == SQLITE_BLOB)
+			hist_add_blob(sqlite3_column_blob(st, 18),
+				      (size_t)sqlite3_column_bytes(st, 18), h.latency_us.counts);
+		if (!h.device || !h.version)
+			continue;
+		if ((rc = fn(ud, &h)) < 0)
+			break;
+	}
+	if (rc >= 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_reset(st);
+	return rc;
+}
+
+static int sq_engine_leader(struct ctl_store *s)
+{
+	(void)s;
+	return 1;
 }
 
 static const struct ctl_store_ops sq_ops = {
@@ -960,6 +1287,12 @@ static const struct ctl_store_ops sq_ops = {
 	.rollout_list = sq_rollout_list,
 	.rollout_mark = sq_rollout_mark,
 	.rollout_scan = sq_rollout_scan,
+	.release_insert = sq_release_insert,
+	.release_get = sq_release_get,
+	.release_list = sq_release_list,
+	.health_add = sq_health_add,
+	.health_scan = sq_health_scan,
+	.engine_leader = sq_engine_leader,
 };
 
 /* ---------------------------------------------------------------- open */
@@ -1016,6 +1349,12 @@ int ctl_store_open_sqlite(const char *path, struct ctl_store **ret)
 	if ((r = exec_sql(x->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 				 " PRAGMA foreign_keys=ON")) < 0)
 		goto fail;
+	if (sqlite3_create_function(x->db, "fl_hist_add", 2,
+				    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, NULL,
+				    sql_hist_add, NULL, NULL) != SQLITE_OK) {
+		r = -FL_EDB;
+		goto fail;
+	}
 	if ((r = migrate(x->db)) < 0)
 		goto fail;
 	for (int i = 0; i < Q_COUNT; i++) {

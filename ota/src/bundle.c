@@ -1,8 +1,6 @@
 /* Bundle builder and safe reader (libarchive). See bundle.h and
  * docs/bundle-format.md. This file is the only one in ota/ touching
  * libarchive. */
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -20,6 +18,8 @@
 #include <flotilla/fs.h>
 #include <flotilla/hash.h>
 #include <flotilla/util.h>
+
+#include "archive_dl.h" /* libarchive, loaded on first use */
 
 #define IO_BLOCK (1u << 20)
 
@@ -504,6 +504,9 @@ static int read_bundle(struct rctx *c)
 
 static int open_source(const struct ota_bundle *b, struct archive **ret_a, int *ret_fd)
 {
+	int lr = fl_archive_load();
+	if (lr < 0)
+		return lr;
 	struct archive *a = archive_read_new();
 	if (!a)
 		return -ENOMEM;
@@ -687,6 +690,9 @@ static void writer_abort(struct writer *w)
 static int writer_open(struct writer *w, const char *out_path)
 {
 	*w = (struct writer){.fd = -1};
+	int lr = fl_archive_load();
+	if (lr < 0)
+		return lr;
 	w->out_path = strdup(out_path);
 	w->tmp_path = fl_asprintf("%s.tmp-XXXXXX", out_path);
 	if (!w->out_path || !w->tmp_path) {

@@ -145,6 +145,46 @@ static int runtime_validate(const cJSON *v, int depth)
 	return -FL_ESCHEMA; /* null or raw */
 }
 
+/* The runtime settings the agent reads (agent/src/serving.c, same ranges):
+ * a value out of range, of the wrong type or an unknown key in "limits" is
+ * refused here, when the bundle is made and when it arrives, instead of
+ * being silently replaced by a default on the device. Other "runtime" keys
+ * (stop, mmap, exec, ...) belong to backends and are only shape-checked. */
+static const struct {
+	const char *key;
+	int64_t min, max;
+} runtime_ints[] = {
+	{"threads", 1, 256},
+	{"context_length", 16, 1 << 20},
+}, limit_ints[] = {
+	{"memory_mb", 16, 1 << 24},
+	{"request_timeout_ms", 1, 3600000},
+	{"max_queue", 1, 4096},
+};
+
+static int runtime_check_known(const cJSON *rt)
+{
+	int64_t v;
+	int r;
+	for (size_t i = 0; i < FL_ARRAY_SIZE(runtime_ints); i++)
+		if ((r = fl_json_get_int_opt(rt, runtime_ints[i].key, runtime_ints[i].min,
+					     runtime_ints[i].max, runtime_ints[i].min, &v)) < 0)
+			return r;
+	if (!cJSON_GetObjectItemCaseSensitive(rt, "limits"))
+		return 0;
+	const cJSON *lim;
+	if ((r = fl_json_get_obj(rt, "limits", &lim)) < 0)
+		return r;
+	static const char *const keys[] = {"memory_mb", "request_timeout_ms", "max_queue", NULL};
+	if ((r = fl_json_check_keys(lim, keys, NULL)) < 0)
+		return r;
+	for (size_t i = 0; i < FL_ARRAY_SIZE(limit_ints); i++)
+		if ((r = fl_json_get_int_opt(lim, limit_ints[i].key, limit_ints[i].min,
+					     limit_ints[i].max, limit_ints[i].min, &v)) < 0)
+			return r;
+	return 0;
+}
+
 int ota_manifest_validate(const struct ota_manifest *m, bool require_files)
 {
 	if (!m || !m->name || !fl_name_valid(m->name, OTA_MANIFEST_MAX_NAME))
@@ -177,7 +217,7 @@ int ota_manifest_validate(const struct ota_manifest *m, bool require_files)
 	if (!m->runtime || !cJSON_IsObject(m->runtime))
 		return -FL_ESCHEMA;
 	int r = runtime_validate(m->runtime, 1);
-	if (r < 0)
+	if (r < 0 || (r = runtime_check_known(m->runtime)) < 0)
 		return r;
 
 	if (m->n_tests > OTA_MANIFEST_MAX_TESTS)
@@ -378,6 +418,26 @@ static int parse_trial(const cJSON *root, struct ota_trial *t)
 	return 0;
 }
 
+/* "telemetry": {"include_content": bool} (optional, default false). */
+static int parse_telemetry(const cJSON *root, bool *include_content)
+{
+	*include_content = false;
+	if (!cJSON_GetObjectItemCaseSensitive(root, "telemetry"))
+		return 0;
+	const cJSON *o;
+	int r = fl_json_get_obj(root, "telemetry", &o);
+	if (r < 0)
+		return r;
+	static const char *const keys[] = {"include_content", NULL};
+	if ((r = fl_json_check_keys(o, keys, NULL)) < 0)
+		return r;
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "include_content");
+	if (v && !cJSON_IsBool(v))
+		return -FL_ESCHEMA;
+	*include_content = cJSON_IsTrue(v);
+	return 0;
+}
+
 static int get_hash(const cJSON *obj, const char *key, uint8_t out[32])
 {
 	const char *s;
@@ -443,7 +503,7 @@ static int manifest_parse(const char *json, size_t len, bool require_files,
 	static const char *const keys[] = {"name",	  "version",	"sequence", "created",
 					   "expires",	  "description", "compatibility",
 					   "runtime",	  "acceptance", "trial",    "chunking",
-					   "files",	  NULL};
+					   "files",	  "telemetry",	NULL};
 	if ((r = fl_json_check_keys(root, keys, NULL)) < 0)
 		return r;
 	/* cJSON keeps duplicate members; a second "sequence" must not hide. All
@@ -482,6 +542,8 @@ static int manifest_parse(const char *json, size_t len, bool require_files,
 	if (!m->runtime)
 		return -ENOMEM;
 
+	if ((r = parse_telemetry(root, &m->tele_include_content)) < 0)
+		return r;
 	if ((r = parse_tests(root, m)) < 0 || (r = parse_trial(root, &m->trial)) < 0 ||
 	    (r = get_str_dup_opt(root, "chunking", OTA_MANIFEST_MAX_TEXT, &m->chunking)) < 0 ||
 	    (r = parse_files(root, m, require_files)) < 0)
@@ -653,6 +715,12 @@ static int build_json(const struct ota_manifest *m, cJSON *root)
 
 	if (m->chunking && !cJSON_AddStringToObject(root, "chunking", m->chunking))
 		return -ENOMEM;
+	/* only when set: manifests without it serialize as before */
+	if (m->tele_include_content) {
+		cJSON *te = cJSON_AddObjectToObject(root, "telemetry");
+		if (!te || !cJSON_AddBoolToObject(te, "include_content", true))
+			return -ENOMEM;
+	}
 
 	cJSON *files = cJSON_AddArrayToObject(root, "files");
 	if (!files)

@@ -607,6 +607,11 @@ static int leaf_check(enum pki_kind kind, const char *name, const struct pki_opt
 		break;
 	case PKI_KIND_CONTROLLER:
 		cn = name ? name : o->cn ? o->cn : PKI_CONTROLLER_CN;
+		/* flotilla-controller or flotilla-controller-N: the names the
+		 * broker ACL generator (gen-acl.sh) grants the controller topics. */
+		if (strncmp(cn, PKI_CONTROLLER_CN, strlen(PKI_CONTROLLER_CN)) != 0 ||
+		    (cn[strlen(PKI_CONTROLLER_CN)] != '\0' && cn[strlen(PKI_CONTROLLER_CN)] != '-'))
+			return -EINVAL;
 		break;
 	default:
 		return -EINVAL;

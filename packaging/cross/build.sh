@@ -50,7 +50,8 @@ MIRROR=${FL_CROSS_MIRROR:-http://deb.debian.org/debian}
 CFLAGS_EXTRA=${FL_CROSS_CFLAGS:-}
 CHROOT=${FL_CROSS_CHROOT:-/var/tmp/flotilla-chroot-$ARCH}
 DEV_PKGS=(libpaho-mqtt-dev libmbedtls-dev libarchive-dev libsqlite3-dev libcjson-dev
-          libmicrohttpd-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libcmocka-dev)
+          libmicrohttpd-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libcmocka-dev
+          libpq-dev libmosquitto-dev)
 export DEBIAN_FRONTEND=noninteractive
 APT=(apt-get -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300)
 
@@ -70,6 +71,10 @@ summary() {
 }
 USED=none
 trap summary EXIT
+# A signal must go through the EXIT trap too (the chroot's bind mounts are
+# undone there).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # binfmt_misc: run ARCH programs directly (tests exec helper programs).
 binfmt_enable() {

@@ -6,9 +6,14 @@
 #
 # DIR is a `flotilla pki` directory holding ca.crt, server.crt and server.key
 # (ca.key is never read). The broker's own files go to DIR/broker/:
-# mosquitto.conf, acl, tls/ (copies of the three PEM files, owned by the broker
-# user, key 0600), mosquitto.pid and mosquitto.log. Stop it with
-# stop-broker.sh DIR.
+# mosquitto.conf, acl, tls/ (copies of the three PEM files and of ca.crl when
+# DIR has one, owned by the broker user, key 0600), state/ (the persistence
+# database: sessions, queued QoS 1 messages and retained messages survive a
+# restart), mosquitto.pid and mosquitto.log. Stop it with stop-broker.sh DIR;
+# apply a new CRL or controller certificate with reload-broker.sh DIR.
+#
+# The ACL is packaging/mosquitto/acl plus a `user` block for every further
+# controller certificate in DIR (gen-acl.sh).
 #
 # User: started as root, mosquitto drops privileges to its `user` setting.
 # This script keeps that (user `mosquitto`) rather than running the broker as
@@ -24,6 +29,7 @@
 #   FL_BROKER_SERVER  base name of the server cert/key in DIR (server)
 #   FL_BROKER_WAIT_S  how long to wait for the port (10 s)
 #   FL_BROKER_DEBUG   1: log_type all (denied publishes, subscriptions, pings)
+#   FL_BROKER_PERSIST 0: no persistence (default 1: DIR/broker/state/)
 #
 # Exit status: 0 when the broker runs and accepts connections; 1 on any
 # failure (message and log tail on stderr; no broker left running); 2 usage.
@@ -54,6 +60,7 @@ for f in ca.crt "$server.crt" "$server.key"; do
   [ -r "$dir/$f" ] || die "$dir/$f missing (flotilla pki init / issue-server --dir $dir)"
 done
 [ -r "$acl_src" ] || die "ACL file $acl_src missing"
+persist=${FL_BROKER_PERSIST:-1}
 
 if [ "$(id -u)" = 0 ]; then
   user=${FL_BROKER_USER:-mosquitto}
@@ -86,7 +93,20 @@ chmod 0700 "$run/tls"
 install -m 0644 "$dir/ca.crt" "$run/tls/ca.crt"
 install -m 0644 "$dir/$server.crt" "$run/tls/server.crt"
 install -m 0600 "$dir/$server.key" "$run/tls/server.key"
-install -m 0644 "$acl_src" "$run/acl"
+# acl.src: the source ACL, for reload-broker.sh.
+[ "$acl_src" -ef "$run/acl.src" ] || install -m 0644 "$acl_src" "$run/acl.src"
+FL_BROKER_ACL=$acl_src "$here/gen-acl.sh" "$dir" >"$run/acl.new" || die "could not make the ACL"
+install -m 0644 "$run/acl.new" "$run/acl"
+rm -f "$run/acl.new"
+crl_sed=()
+if [ -e "$dir/ca.crl" ]; then
+  install -m 0644 "$dir/ca.crl" "$run/tls/ca.crl"
+  crl_sed=(-e "s|^#crlfile @CRLFILE@\$|crlfile $run/tls/ca.crl|")
+else
+  rm -f "$run/tls/ca.crl"
+fi
+mkdir -p "$run/state"
+chmod 0700 "$run/state"
 rm -f "$pidfile" "$logfile"
 
 {
@@ -100,11 +120,19 @@ rm -f "$pidfile" "$logfile"
     printf 'log_type %s\n' error warning notice information
   fi
   echo "connection_messages true"
-  echo "persistence false"
+  if [ "$persist" = 1 ]; then
+    # Sessions, their queued QoS 1 messages and retained messages survive a
+    # restart. Written on a clean stop and every autosave_interval seconds.
+    echo "persistence true"
+    echo "persistence_location $run/state/"
+    echo "autosave_interval 30"
+  else
+    echo "persistence false"
+  fi
   sed -e "s|@PORT@|$port|g" -e "s|@BIND@|$bind|g" \
       -e "s|@CAFILE@|$run/tls/ca.crt|g" -e "s|@CERTFILE@|$run/tls/server.crt|g" \
       -e "s|@KEYFILE@|$run/tls/server.key|g" -e "s|@ACLFILE@|$run/acl|g" \
-      "$here/flotilla.conf.in"
+      ${crl_sed[@]+"${crl_sed[@]}"} "$here/flotilla.conf.in"
 } > "$run/mosquitto.conf"
 
 if [ "$(id -u)" = 0 ]; then

@@ -71,6 +71,7 @@ struct rt_engine {
 	size_t xq_cap; /* bytes per slot */
 	float *scores;    /* n_threads x n_ctx */
 	uint16_t *q16;    /* n_threads x head_dim */
+	float *pv_acc;    /* n_threads x RT_K_ATTN_PV_SLOTS x head_dim */
 	float *logits;    /* n_vocab: last token */
 	float *logits_all;
 	size_t logits_all_cap; /* floats */
@@ -444,6 +445,8 @@ int rt_engine_new(const struct rt_gguf *g, const struct rt_engine_opts *opts,
 		e->xq_buf[i] = xcalloc(e->xq_cap, 1, &fail);
 	e->scores = xcalloc((size_t)e->n_threads * (size_t)n_ctx, sizeof(float), &fail);
 	e->q16 = xcalloc((size_t)e->n_threads * (size_t)in->head_dim, sizeof(uint16_t), &fail);
+	e->pv_acc = xcalloc((size_t)e->n_threads * RT_K_ATTN_PV_SLOTS * (size_t)in->head_dim,
+			    sizeof(float), &fail);
 	e->logits = xcalloc((size_t)in->n_vocab, sizeof(float), &fail);
 	if (fail) {
 		rt_engine_free(e);
@@ -476,6 +479,7 @@ void rt_engine_free(struct rt_engine *e)
 		free(e->xq_buf[i]);
 	free(e->scores);
 	free(e->q16);
+	free(e->pv_acc);
 	free(e->logits);
 	free(e->logits_all);
 	free(e);
@@ -646,6 +650,8 @@ static void att_fn(void *arg, int64_t b, int64_t end, int tid)
 	const bool f16 = e->kv_type == RT_GGML_TYPE_F16;
 	float *sc = e->scores + (size_t)tid * (size_t)e->info.n_ctx;
 	uint16_t *q16 = e->q16 + (size_t)tid * (size_t)hd;
+	float *pv_acc = e->pv_acc + (size_t)tid * RT_K_ATTN_PV_SLOTS * (size_t)hd;
+	const bool batched = j->nt > 1;
 	const size_t lay = (size_t)j->layer * (size_t)e->info.n_ctx * e->kv_row_bytes;
 	const size_t head_bytes = e->kv_row_bytes / (size_t)e->info.n_head_kv;
 	for (int64_t item = b; item < end; item++) {
@@ -653,17 +659,19 @@ static void att_fn(void *arg, int64_t b, int64_t end, int tid)
 		int kvh = h / group;
 		int n_kv = j->pos0 + t + 1; /* causal: positions 0 .. pos0 + t */
 		const float *qv = e->q + (size_t)t * (size_t)e->q_dim + (size_t)h * (size_t)hd;
-		const void *qq = qv;
-		if (f16) {
+		if (f16)
 			rt_k_f32_to_f16(qv, q16, hd);
-			qq = q16;
-		}
 		const uint8_t *kb = e->kcache + lay + (size_t)kvh * head_bytes;
 		const uint8_t *vb = e->vcache + lay + (size_t)kvh * head_bytes;
+		/* llama.cpp's non-flash attention on x86: K.q in ggml_vec_dot
+		 * order for one token, tinyBLAS order for a batch with an F16
+		 * cache (q converted to F16); ggml_vec_dot_f32 with an F32 cache
+		 * (q not contiguous: no tinyBLAS) */
 		if (f16) {
 			for (int p = 0; p < n_kv; p++)
-				sc[p] = rt_k_vec_dot(e->kv_type, hd, kb + (size_t)p * e->kv_row_bytes,
-						     qq);
+				sc[p] = rt_k_dot_f16_ggml(
+					hd, (const uint16_t *)(const void *)(kb + (size_t)p * e->kv_row_bytes),
+					q16, batched);
 		} else {
 			for (int p = 0; p < n_kv; p++)
 				sc[p] = rt_k_dot_f32_ggml(
@@ -672,18 +680,7 @@ static void att_fn(void *arg, int64_t b, int64_t end, int tid)
 		}
 		rt_k_softmax(sc, n_kv, scale);
 		float *out = e->att + (size_t)t * (size_t)e->q_dim + (size_t)h * (size_t)hd;
-		if (!f16) {
-			/* F32 cache: llama.cpp's summation order, bitwise */
-			rt_k_attn_pv_ggml(sc, n_kv, (const float *)(const void *)vb,
-					  e->kv_row_bytes / sizeof(float), hd, j->nt > 1, out);
-			continue;
-		}
-		memset(out, 0, (size_t)hd * sizeof(float));
-		for (int p = 0; p < n_kv; p++) {
-			/* llama.cpp multiplies V by the probabilities rounded to F16 */
-			float pr = f16 ? rt_fp16_to_fp32(rt_fp32_to_fp16(sc[p])) : sc[p];
-			rt_k_axpy(e->kv_type, hd, pr, vb + (size_t)p * e->kv_row_bytes, out);
-		}
+		rt_k_attn_pv(e->kv_type, sc, n_kv, vb, e->kv_row_bytes, hd, batched, pv_acc, out);
 	}
 }
 

@@ -171,11 +171,12 @@ static void axpy_f16_scalar(int64_t n, float a, const uint16_t *v, float *y)
 }
 
 static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n);
+static float dot_f32_ggml_scalar(int64_t n, const float *x, const float *y);
 static double exp_sum_scalar(float *x, int64_t n, float max);
 
 static const struct rt_kfuncs kfuncs_scalar = {
 	.dot_f32 = dot_f32_scalar,
-	.dot_f32_ggml = rt_k_dot_f32_ggml,
+	.dot_f32_ggml = dot_f32_ggml_scalar,
 	.dot_f16 = dot_f16_scalar,
 	.dot_f16_ggml = dot_f16_scalar,
 	.dot_f16_1acc = dot_f16_scalar,
@@ -438,7 +439,40 @@ static float dot_q4_0_repack(int64_t n, const void *wv, const void *xv)
 	return acc;
 }
 
-/* llama.cpp's repacked Q4_K gemv/gemm order, one row. */
+/* llama.cpp's repacked Q4_K gemm order (ggml_gemm_q4_K_8x8_q8_K, AVX2:
+ * the tokens of a batch in groups of 4): one FMA per pair of sub-blocks
+ * (64 values) instead of one per block, for the sums and for the mins. */
+static float dot_q4_k_repack_gemm(int64_t n, const void *wv, const void *xv)
+{
+	const struct rt_block_q4_k *w = wv;
+	const struct rt_block_q8_k *x = xv;
+	float acc = 0, accm = 0;
+	for (int64_t b = 0; b < n / RT_QK_K; b++) {
+		const uint8_t *q = w[b].qs;
+		const int8_t *y = x[b].qs;
+		const float dd = rt_k_h2f(w[b].d) * x[b].d, dm = rt_k_h2f(w[b].dmin) * x[b].d;
+		for (int j = 0; j < RT_QK_K / 64; j++) {
+			uint8_t sc0, m0, sc1, m1;
+			rt_k_scale_min_k4(2 * j, w[b].scales, &sc0, &m0);
+			rt_k_scale_min_k4(2 * j + 1, w[b].scales, &sc1, &m1);
+			int32_t s0 = 0, s1 = 0;
+			for (int l = 0; l < 32; l++) {
+				s0 += (q[l] & 0xF) * y[l];
+				s1 += (q[l] >> 4) * y[l + 32];
+			}
+			int32_t sm = m0 * (x[b].bsums[4 * j] + x[b].bsums[4 * j + 1]) +
+				     m1 * (x[b].bsums[4 * j + 2] + x[b].bsums[4 * j + 3]);
+			acc = fmaf((float)(sc0 * s0 + sc1 * s1), dd, acc);
+			accm = fmaf((float)sm, dm, accm);
+			q += 32;
+			y += 64;
+		}
+	}
+	return acc - accm;
+}
+
+/* llama.cpp's repacked Q4_K gemv order (one token; a batch's last nt % 4
+ * tokens), one row. */
 static float dot_q4_k_repack(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q4_k *w = wv;
@@ -491,10 +525,17 @@ void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int
 		 int64_t r1, const void *xq, size_t xq_stride, int64_t nt, float *y, int64_t ldy)
 {
 	if (wtype & RT_K_GGML_REPACK) {
+		/* llama.cpp: gemm for the first nt - nt % 4 tokens, gemv for
+		 * the rest (the same order for Q4_0; per 64 values for Q4_K) */
+		const int64_t n_gemm = nt - nt % 4;
 		for (int64_t t = 0; t < nt; t++)
-			for (int64_t r = r0; r < r1; r++)
-				y[t * ldy + r] = rt_k_vec_dot(wtype, n, (const uint8_t *)w + (size_t)r * row_bytes,
-							      (const uint8_t *)xq + (size_t)t * xq_stride);
+			for (int64_t r = r0; r < r1; r++) {
+				const uint8_t *wr = (const uint8_t *)w + (size_t)r * row_bytes;
+				const uint8_t *xt = (const uint8_t *)xq + (size_t)t * xq_stride;
+				y[t * ldy + r] = wtype == (RT_GGML_TYPE_Q4_K | RT_K_GGML_REPACK) && t < n_gemm
+							 ? dot_q4_k_repack_gemm(n, wr, xt)
+							 : rt_k_vec_dot(wtype, n, wr, xt);
+			}
 		return;
 	}
 	const struct rt_kfuncs *k = kf();
@@ -804,6 +845,11 @@ void rt_k_swiglu(float *out, const float *gate, const float *up, int64_t n)
  * (l + l+4), hadd, hadd; leftovers added one by one in float. */
 float rt_k_dot_f32_ggml(int64_t n, const float *x, const float *y)
 {
+	return kf()->dot_f32_ggml(n, x, y);
+}
+
+static float dot_f32_ggml_scalar(int64_t n, const float *x, const float *y)
+{
 	float acc[4][8] = {{0}};
 	const int64_t np = n & ~(int64_t)31;
 	for (int64_t i = 0; i < np; i += 32)
@@ -849,6 +895,58 @@ void rt_k_attn_pv_ggml(const float *p, int64_t n, const float *v, size_t v_strid
 			out[d] = (t0 + t1) + (t2 + t3);
 		}
 	}
+}
+
+float rt_k_dot_f16_ggml(int64_t n, const uint16_t *x, const uint16_t *y, bool batched)
+{
+	const struct rt_kfuncs *k = kf();
+	return batched ? k->dot_f16_1acc(n, x, y) : k->dot_f16_ggml(n, x, y);
+}
+
+/* The lanes of rt_k_attn_pv_ggml's accumulators as ACC slots of HD floats:
+ * position i goes into slot i % NS (decode: 32 = 4 accumulators x 8 lanes,
+ * slot 8k + l; batch: the 8 lanes of one accumulator). Each slot is an FMA
+ * axpy (vectorized over d), then the slots are reduced per d in ggml's
+ * order: bitwise rt_k_attn_pv_ggml where axpy is an FMA (AVX2, NEON). */
+void rt_k_attn_pv(uint32_t vtype, const float *p, int64_t n, const void *v, size_t v_stride,
+		  int64_t hd, bool batched, float *acc, float *out)
+{
+	const struct rt_kfuncs *k = kf();
+	const int ns = batched ? 8 : 32;
+	const uint8_t *vb = v;
+	memset(acc, 0, (size_t)ns * (size_t)hd * sizeof(float));
+	if (vtype == RT_GGML_TYPE_F16) {
+		for (int64_t i = 0; i < n; i++) {
+			/* ggml converts the probabilities to F16 (kq -> vec_dot_type) */
+			float pr = rt_k_h2f(rt_fp32_to_fp16(p[i]));
+			k->axpy_f16(hd, pr, (const uint16_t *)(const void *)(vb + (size_t)i * v_stride),
+				    acc + (size_t)(i % ns) * (size_t)hd);
+		}
+	} else {
+		for (int64_t i = 0; i < n; i++)
+			k->axpy_f32(hd, p[i], (const float *)(const void *)(vb + (size_t)i * v_stride),
+				    acc + (size_t)(i % ns) * (size_t)hd);
+	}
+#define S(s) (acc + (size_t)(s) * (size_t)hd)
+	if (batched) {
+		/* tinyBLAS hsum: (l + l+4), then (0+2) + (1+3) */
+		for (int64_t d = 0; d < hd; d++) {
+			float t0 = S(4)[d] + S(0)[d], t1 = S(5)[d] + S(1)[d];
+			float t2 = S(6)[d] + S(2)[d], t3 = S(7)[d] + S(3)[d];
+			out[d] = (t0 + t2) + (t1 + t3);
+		}
+	} else {
+		/* GGML_F32x8_REDUCE: (acc0 + acc2) + (acc1 + acc3), lanes
+		 * (l + l+4), hadd, hadd */
+		float a[8];
+		for (int64_t d = 0; d < hd; d++) {
+			for (int l = 0; l < 8; l++)
+				a[l] = (S(l)[d] + S(16 + l)[d]) + (S(8 + l)[d] + S(24 + l)[d]);
+			float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+			out[d] = (t0 + t1) + (t2 + t3);
+		}
+	}
+#undef S
 }
 
 void rt_k_add(float *y, const float *a, const float *b, int64_t n)

@@ -26,4 +26,13 @@ int rt_frame_next(struct rt_frame_reader *r, struct rt_rmsg **ret_msg);
 
 void rt_frame_reader_free(struct rt_frame_reader *r);
 
+/* Generated text on the wire is valid UTF-8 without NUL (docs/serving.md):
+ * rt_text_clean copies S[0..N) to a new NUL-terminated buffer with every NUL
+ * byte and every invalid or truncated UTF-8 sequence replaced by U+FFFD
+ * (*RET_LEN its length; NULL on ENOMEM). rt_utf8_tail is the number of bytes
+ * (0-3) at the end of S[0..N) that begin a multi-byte sequence still missing
+ * bytes, which a streaming sender holds back until the rest arrives. */
+char *rt_text_clean(const char *s, size_t n, size_t *ret_len);
+size_t rt_utf8_tail(const char *s, size_t n);
+
 #endif

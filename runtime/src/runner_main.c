@@ -20,6 +20,7 @@ struct runner_srv {
 	bool busy;             /* a request is being served (until its answer is sent) */
 	bool quit;
 	atomic_uint cur_id;    /* id of the running request, 0 if none */
+	atomic_uint owe_id;    /* id of the request whose answer is not sent yet */
 	atomic_bool cancel;
 };
 
@@ -41,27 +42,54 @@ static void finish(struct runner_srv *s)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static int send_error(struct runner_srv *s, uint32_t id, int code)
+/* ERROR with WHY, or the error's name when WHY is NULL or empty. */
+static int send_error_msg(struct runner_srv *s, uint32_t id, int code, const char *why)
 {
 	struct rt_rmsg m = {.type = RT_RMSG_ERROR, .id = id, .code = code};
-	m.text = (char *)fl_strerror(code);
+	m.text = (char *)(why && why[0] ? why : fl_strerror(code));
 	m.text_len = strlen(m.text);
 	return srv_send(s, &m);
+}
+
+static int send_error(struct runner_srv *s, uint32_t id, int code)
+{
+	return send_error_msg(s, id, code, NULL);
 }
 
 struct piece_ctx {
 	struct runner_srv *s;
 	uint32_t id;
 	bool stream;
+	char hold[4]; /* start of a UTF-8 sequence split between pieces */
+	size_t n_hold;
 };
 
+static int send_piece(struct piece_ctx *c, const char *text, size_t len)
+{
+	struct rt_rmsg m = {.type = RT_RMSG_PIECE, .id = c->id, .text = (char *)text, .text_len = len};
+	return srv_send(c->s, &m);
+}
+
+/* Pieces go out as valid UTF-8 (the encoder replaces bad bytes with U+FFFD);
+ * a multi-byte character split between two tokens is held back until its
+ * last byte comes so that it is not replaced. */
 static int on_piece(void *ud, const char *text, size_t len)
 {
 	struct piece_ctx *c = ud;
 	if (c->stream && len) {
-		struct rt_rmsg m = {.type = RT_RMSG_PIECE, .id = c->id, .text = (char *)text, .text_len = len};
-		if (srv_send(c->s, &m) < 0)
-			return 1; /* peer gone: stop */
+		size_t n = c->n_hold + len;
+		char *buf = malloc(n);
+		if (!buf)
+			return 1;
+		memcpy(buf, c->hold, c->n_hold);
+		memcpy(buf + c->n_hold, text, len);
+		size_t tail = rt_utf8_tail(buf, n);
+		int err = n > tail ? send_piece(c, buf, n - tail) : 0;
+		memcpy(c->hold, buf + n - tail, tail);
+		c->n_hold = tail;
+		free(buf);
+		if (err < 0)
+			return 1; /* peer gone or text too long: stop */
 	}
 	return atomic_load(&c->s->cancel) ? 1 : 0;
 }
@@ -78,18 +106,39 @@ static void run_job(struct runner_srv *s, struct rt_rmsg *job)
 			srv_send(s, &m);
 		return;
 	}
-	struct piece_ctx pc = {s, job->id, job->stream};
+	if (job->type == RT_RMSG_PREDICT) {
+		struct rt_rmsg m = {.type = RT_RMSG_PREDICTION, .id = job->id};
+		char why[512];
+		int err = rt_backend_predict(s->b, &job->preq, &m.pres, why, sizeof(why));
+		finish(s);
+		if (err < 0) {
+			send_error_msg(s, job->id, err, why);
+			return;
+		}
+		err = srv_send(s, &m);
+		if (err == -EINVAL || err == -FL_ETOOBIG) /* a result the protocol cannot carry */
+			send_error_msg(s, job->id, -FL_ETOOBIG, "prediction too large");
+		rt_predict_result_free(&m.pres);
+		return;
+	}
+	struct piece_ctx pc = {.s = s, .id = job->id, .stream = job->stream};
 	job->req.on_text = on_piece;
 	job->req.userdata = &pc;
 	struct rt_gen_result res;
 	int err = rt_backend_generate(s->b, &job->req, &res);
+	if (err >= 0 && pc.n_hold) /* a truncated character at the end: U+FFFD */
+		send_piece(&pc, pc.hold, pc.n_hold);
 	finish(s);
 	if (err < 0) {
 		send_error(s, job->id, err);
 		return;
 	}
+	/* Every request gets an answer: if the result cannot be sent (too
+	 * long once cleaned), say so instead of leaving the supervisor waiting. */
 	struct rt_rmsg m = {.type = RT_RMSG_DONE, .id = job->id, .res = res};
-	srv_send(s, &m);
+	err = srv_send(s, &m);
+	if (err == -EINVAL || err == -FL_ETOOBIG || err == -ENOMEM)
+		send_error_msg(s, job->id, -FL_ETOOBIG, "generated text too large");
 	rt_gen_result_free(&res);
 }
 
@@ -106,6 +155,9 @@ static void *worker(void *arg)
 		s->job = NULL;
 		pthread_mutex_unlock(&s->lock);
 		run_job(s, job);
+		/* answered: a PING from now on is told so (its PONG follows the answer) */
+		unsigned id = job->id;
+		atomic_compare_exchange_strong(&s->owe_id, &id, 0);
 		rt_rmsg_free(job);
 		pthread_mutex_lock(&s->lock);
 	}
@@ -154,7 +206,11 @@ int rt_runner_main(int fd, const char *backend, const char *model_path,
 		while (!done && (e = rt_frame_next(&rd, &m)) == 1) {
 			switch (m->type) {
 			case RT_RMSG_PING: {
-				struct rt_rmsg p = {.type = RT_RMSG_PONG, .id = m->id};
+				/* PING names the request the supervisor waits for: the
+				 * PONG repeats it while its answer is still owed, else 0,
+				 * so that an answer lost here cannot hang the caller. */
+				uint32_t owe = atomic_load(&s.owe_id);
+				struct rt_rmsg p = {.type = RT_RMSG_PONG, .id = m->id && m->id == owe ? m->id : 0};
 				srv_send(&s, &p);
 				rt_rmsg_free(m);
 				break;
@@ -166,6 +222,7 @@ int rt_runner_main(int fd, const char *backend, const char *model_path,
 				break;
 			case RT_RMSG_GENERATE:
 			case RT_RMSG_STATS:
+			case RT_RMSG_PREDICT:
 				pthread_mutex_lock(&s.lock);
 				if (s.busy) {
 					pthread_mutex_unlock(&s.lock);
@@ -175,6 +232,7 @@ int rt_runner_main(int fd, const char *backend, const char *model_path,
 				}
 				atomic_store(&s.cancel, false);
 				atomic_store(&s.cur_id, m->id);
+				atomic_store(&s.owe_id, m->id);
 				s.job = m;
 				s.busy = true;
 				pthread_cond_signal(&s.cond);
@@ -253,6 +311,8 @@ int rt_runner_cli(int argc, char **argv)
 			mem = strtoull(v, &end, 10);
 			if (errno || end == v || *end)
 				return 2;
+		} else if (!strcmp(a, "--backend-config")) {
+			o.config = v;
 		} else if (!strcmp(a, "--ctx")) {
 			if (!parse_int(v, 0, 1 << 24, &o.n_ctx))
 				return 2;

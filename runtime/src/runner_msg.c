@@ -7,8 +7,85 @@
 #include "flotilla/cleanup.h"
 #include "flotilla/error.h"
 #include "flotilla/runner.h"
+#include "runner_internal.h"
 
 #define MAX_STRS (2 * RT_BACKEND_MAX_MESSAGES + RT_BACKEND_MAX_STOP + 4)
+
+/* ------------------------------------------------------ generated text */
+
+/* Bytes of the well-formed UTF-8 prefix at P[0..N): *RET_NEED is the length
+ * the lead byte announces (0 if P[0] cannot start a sequence); the return is
+ * how many bytes from P[0] fit that sequence (the "maximal subpart"). */
+static size_t utf8_prefix(const uint8_t *p, size_t n, size_t *ret_need)
+{
+	uint8_t c = p[0], lo = 0x80, hi = 0xBF;
+	size_t need;
+	if (c >= 0x01 && c < 0x80)
+		need = 1;
+	else if (c >= 0xC2 && c <= 0xDF)
+		need = 2;
+	else if (c >= 0xE0 && c <= 0xEF) {
+		need = 3;
+		lo = c == 0xE0 ? 0xA0 : 0x80;
+		hi = c == 0xED ? 0x9F : 0xBF;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		need = 4;
+		lo = c == 0xF0 ? 0x90 : 0x80;
+		hi = c == 0xF4 ? 0x8F : 0xBF;
+	} else {
+		*ret_need = 0;
+		return 0;
+	}
+	*ret_need = need;
+	size_t k = 1;
+	for (; k < need && k < n; k++) {
+		uint8_t b = p[k];
+		if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF))
+			break;
+	}
+	return k;
+}
+
+char *rt_text_clean(const char *s, size_t n, size_t *ret_len)
+{
+	if (!s)
+		n = 0;
+	/* each input byte becomes at most 3 output bytes */
+	char *out = malloc(n * 3 + 1);
+	if (!out)
+		return NULL;
+	const uint8_t *p = (const uint8_t *)s;
+	size_t o = 0;
+	for (size_t i = 0; i < n;) {
+		size_t need, k = utf8_prefix(p + i, n - i, &need);
+		if (need && k == need) {
+			memcpy(out + o, p + i, k);
+			o += k;
+			i += k;
+		} else {
+			memcpy(out + o, "\xEF\xBF\xBD", 3); /* U+FFFD */
+			o += 3;
+			i += k ? k : 1;
+		}
+	}
+	out[o] = '\0';
+	if (ret_len)
+		*ret_len = o;
+	return out;
+}
+
+size_t rt_utf8_tail(const char *s, size_t n)
+{
+	const uint8_t *p = (const uint8_t *)s;
+	for (size_t back = 1; back <= 3 && back <= n; back++) {
+		uint8_t c = p[n - back];
+		if (c >= 0x80 && c < 0xC0)
+			continue; /* continuation byte: look further back */
+		size_t need, k = utf8_prefix(p + n - back, back, &need);
+		return need > back && k == back ? back : 0;
+	}
+	return 0;
+}
 
 /* ------------------------------------------------------------- encoder */
 
@@ -58,6 +135,15 @@ static void w_u64(struct wbuf *w, uint64_t v)
 
 static void w_i32(struct wbuf *w, int32_t v) { w_u32(w, (uint32_t)v); }
 
+static void w_f32s(struct wbuf *w, const float *v, size_t n)
+{
+	for (size_t i = 0; i < n && !w->err; i++) {
+		uint32_t u;
+		memcpy(&u, &v[i], 4);
+		w_u32(w, u);
+	}
+}
+
 static void w_f64(struct wbuf *w, double v)
 {
 	uint64_t u;
@@ -84,6 +170,25 @@ static void w_strn(struct wbuf *w, const char *s, size_t n, size_t max)
 static void w_str(struct wbuf *w, const char *s, size_t max)
 {
 	w_strn(w, s, s ? strnlen(s, max + 1) : 0, max);
+}
+
+/* Generated text: any bytes in, valid UTF-8 without NUL on the wire. */
+static void w_text(struct wbuf *w, const char *s, size_t n, size_t max)
+{
+	if (w->err)
+		return;
+	if (n > max) { /* before cleaning: it only grows */
+		w->err = -FL_ETOOBIG;
+		return;
+	}
+	size_t cn = 0;
+	char *c = rt_text_clean(s, n, &cn);
+	if (!c) {
+		w->err = -ENOMEM;
+		return;
+	}
+	w_strn(w, c, cn, max);
+	free(c);
 }
 
 int rt_rmsg_encode(const struct rt_rmsg *m, void **ret_buf, size_t *ret_len)
@@ -132,6 +237,35 @@ int rt_rmsg_encode(const struct rt_rmsg *m, void **ret_buf, size_t *ret_len)
 	case RT_RMSG_SHUTDOWN:
 	case RT_RMSG_CANCEL:
 		break;
+	case RT_RMSG_PREDICT: {
+		const struct rt_predict_request *q = &m->preq;
+		if (!q->values || q->n_rows < 1 || q->n_cols < 1 || q->n_cols > RT_PREDICT_MAX_COLS ||
+		    q->n_rows > RT_PREDICT_MAX_VALUES / q->n_cols) {
+			w.err = w.err ? w.err : -EINVAL;
+			break;
+		}
+		w_u32(&w, (uint32_t)q->n_rows);
+		w_u32(&w, (uint32_t)q->n_cols);
+		w_f32s(&w, q->values, q->n_rows * q->n_cols);
+		break;
+	}
+	case RT_RMSG_PREDICTION: {
+		const struct rt_predict_result *p = &m->pres;
+		if (!p->values || p->n_rows < 1 || p->n_out < 1 || p->n_out > RT_PREDICT_MAX_VALUES ||
+		    p->n_rows > RT_PREDICT_MAX_VALUES / p->n_out || p->kind < RT_PREDICT_VALUE ||
+		    p->kind > RT_PREDICT_CLASS) {
+			w.err = w.err ? w.err : -EINVAL;
+			break;
+		}
+		w_u8(&w, (uint8_t)p->kind);
+		w_strn(&w, p->objective, strnlen(p->objective, sizeof(p->objective) - 1),
+		       sizeof(p->objective) - 1);
+		w_f64(&w, p->ms);
+		w_u32(&w, (uint32_t)p->n_rows);
+		w_u32(&w, (uint32_t)p->n_out);
+		w_f32s(&w, p->values, p->n_rows * p->n_out);
+		break;
+	}
 	case RT_RMSG_READY:
 	case RT_RMSG_ERROR:
 		if (m->code > 0 || (m->type == RT_RMSG_ERROR && m->code == 0)) {
@@ -142,11 +276,14 @@ int rt_rmsg_encode(const struct rt_rmsg *m, void **ret_buf, size_t *ret_len)
 		w_strn(&w, m->text ? m->text : "", m->text ? m->text_len : 0, RT_RMSG_MAX_SHORT_BYTES);
 		break;
 	case RT_RMSG_PIECE:
-		w_strn(&w, m->text, m->text_len, RT_RMSG_MAX_TEXT_BYTES);
+		if (!m->text) {
+			w.err = w.err ? w.err : -EINVAL;
+			break;
+		}
+		w_text(&w, m->text, m->text_len, RT_RMSG_MAX_TEXT_BYTES);
 		break;
 	case RT_RMSG_DONE:
-		w_strn(&w, m->res.text ? m->res.text : "", m->res.text ? m->res.text_len : 0,
-		       RT_RMSG_MAX_TEXT_BYTES);
+		w_text(&w, m->res.text, m->res.text ? m->res.text_len : 0, RT_RMSG_MAX_TEXT_BYTES);
 		w_i32(&w, m->res.n_prompt);
 		w_i32(&w, m->res.n_prompt_cached);
 		w_i32(&w, m->res.n_gen);
@@ -289,6 +426,7 @@ void rt_rmsg_free(struct rt_rmsg *m)
 	free(m->strs);
 	free(m->msgs_store);
 	free((void *)m->req.stop);
+	free(m->fstore);
 	free(m);
 }
 
@@ -367,6 +505,45 @@ static void decode_generate(struct rbuf *r, struct rt_rmsg *m)
 	}
 }
 
+/* N floats into a new m->fstore. */
+static float *r_f32s(struct rbuf *r, struct rt_rmsg *m, size_t n)
+{
+	if (r->err)
+		return NULL;
+	if (r->len - r->off < n * 4) {
+		r->err = -FL_EPROTO;
+		return NULL;
+	}
+	m->fstore = malloc(n * sizeof(float));
+	if (!m->fstore) {
+		r->err = -ENOMEM;
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u = r_u32(r);
+		memcpy(&m->fstore[i], &u, 4);
+	}
+	return m->fstore;
+}
+
+/* Rows x columns of a PREDICT / PREDICTION, checked against the limits. */
+static size_t r_dims(struct rbuf *r, size_t *rows, size_t *cols, size_t max_cols)
+{
+	*rows = r_u32(r);
+	*cols = r_u32(r);
+	if (r->err)
+		return 0;
+	if (*rows < 1 || *cols < 1) {
+		r->err = -FL_EPROTO;
+		return 0;
+	}
+	if (*cols > max_cols || *rows > RT_PREDICT_MAX_VALUES / *cols) {
+		r->err = -FL_ETOOBIG;
+		return 0;
+	}
+	return *rows * *cols;
+}
+
 int rt_rmsg_decode(const void *payload, size_t len, struct rt_rmsg **ret_msg)
 {
 	if (!payload || !ret_msg)
@@ -397,6 +574,23 @@ int rt_rmsg_decode(const void *payload, size_t len, struct rt_rmsg **ret_msg)
 	case RT_RMSG_SHUTDOWN:
 	case RT_RMSG_CANCEL:
 		break;
+	case RT_RMSG_PREDICT: {
+		size_t n = r_dims(&r, &m->preq.n_rows, &m->preq.n_cols, RT_PREDICT_MAX_COLS);
+		m->preq.values = n ? r_f32s(&r, m, n) : NULL;
+		break;
+	}
+	case RT_RMSG_PREDICTION: {
+		struct rt_predict_result *p = &m->pres;
+		uint8_t k = r_u8(&r);
+		r_fixed(&r, m, p->objective, sizeof(p->objective));
+		p->ms = r_f64(&r);
+		size_t n = r_dims(&r, &p->n_rows, &p->n_out, RT_PREDICT_MAX_VALUES);
+		p->values = n ? r_f32s(&r, m, n) : NULL;
+		if (!r.err && (k < RT_PREDICT_VALUE || k > RT_PREDICT_CLASS || !isfinite(p->ms)))
+			r.err = -FL_EPROTO;
+		p->kind = (enum rt_predict_kind)k;
+		break;
+	}
 	case RT_RMSG_READY:
 	case RT_RMSG_ERROR:
 		m->code = r_i32(&r);

@@ -2,6 +2,7 @@
  * owns the child process, its socket and its stderr pipe; callers queue
  * requests under LOCK and wait on COND. */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -21,22 +22,27 @@
 
 #define MAX_CRASH_LOOP_N 64
 
-enum req_kind { REQ_GEN, REQ_STATS };
+enum req_kind { REQ_GEN, REQ_STATS, REQ_PREDICT };
 
 struct req {
 	enum req_kind kind;
 	const struct rt_gen_request *greq;
+	const struct rt_predict_request *preq;
 	uint32_t id;
 	bool sent, done, cancel_sent;
 	int err;
+	int64_t t0_us;              /* submitted */
 	struct rt_gen_result res;
 	struct rt_backend_stats stats;
+	struct rt_predict_result pres;
+	char *why;                  /* the runner's error text (caller's buffer) */
+	size_t why_len;
 	struct req *next;
 };
 
 struct rt_runner {
 	/* immutable after start */
-	char *exe, *backend, *model_path;
+	char *exe, *backend, *model_path, *backend_config;
 	struct rt_runner_limits lim;
 	pthread_t th;
 	int wake[2];
@@ -50,6 +56,8 @@ struct rt_runner {
 	int grace_ms;
 	char ring[RT_RUNNER_STDERR_BYTES];
 	size_t ring_pos, ring_len;
+	uint32_t lat[RT_RUNNER_LAT_BUCKETS];
+	char crash_tail[RT_RUNNER_CRASH_TAIL_BYTES]; /* stderr up to the last crash */
 
 	/* thread-only */
 	pid_t pid;
@@ -58,6 +66,7 @@ struct rt_runner {
 	struct req *inflight;
 	int64_t req_deadline, load_deadline, next_ping, ping_sent, restart_at;
 	bool ping_out;
+	uint32_t ping_id; /* the request in flight when the PING went out, or 0 */
 	int64_t crash_t[MAX_CRASH_LOOP_N];
 	int n_crash_t;
 	int consecutive;
@@ -68,6 +77,47 @@ static int64_t now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Bucket of a latency: floor(8 * log2(us)), bucket i covers
+ * [2^(i/8), 2^((i+1)/8)) us. */
+static int lat_bucket(int64_t us)
+{
+	if (us < 1)
+		return 0;
+	int b = (int)floor(8.0 * log2((double)us));
+	return b < 0 ? 0 : b >= RT_RUNNER_LAT_BUCKETS ? RT_RUNNER_LAT_BUCKETS - 1 : b;
+}
+
+double rt_latency_quantile_ms(const uint32_t hist[RT_RUNNER_LAT_BUCKETS], double q)
+{
+	uint64_t total = 0;
+	for (int i = 0; i < RT_RUNNER_LAT_BUCKETS; i++)
+		total += hist[i];
+	if (!total)
+		return 0;
+	if (q < 0)
+		q = 0;
+	if (q > 1)
+		q = 1;
+	uint64_t rank = (uint64_t)ceil(q * (double)total);
+	if (rank < 1)
+		rank = 1;
+	uint64_t seen = 0;
+	int i = 0;
+	for (; i < RT_RUNNER_LAT_BUCKETS - 1; i++) {
+		seen += hist[i];
+		if (seen >= rank)
+			break;
+	}
+	return exp2((double)(i + 1) / 8.0) / 1000.0;
 }
 
 void rt_runner_limits_default(struct rt_runner_limits *l)
@@ -116,6 +166,17 @@ static void ring_add(struct rt_runner *r, const char *d, size_t n)
 	}
 }
 
+/* With LOCK held: the last SIZE - 1 bytes of the ring into BUF. */
+static size_t ring_tail(struct rt_runner *r, char *buf, size_t size)
+{
+	size_t n = r->ring_len < size - 1 ? r->ring_len : size - 1;
+	size_t start = (r->ring_pos + sizeof(r->ring) - n) % sizeof(r->ring);
+	for (size_t i = 0; i < n; i++)
+		buf[i] = r->ring[(start + i) % sizeof(r->ring)];
+	buf[n] = '\0';
+	return n;
+}
+
 static void drain_stderr(struct rt_runner *r)
 {
 	char buf[1024];
@@ -148,9 +209,13 @@ static void complete(struct rt_runner *r, struct req *q, int err)
 			r->tail = prev;
 		r->st.queued--;
 	}
-	if (err < 0) {
+	if (err == -EINVAL || err == -FL_ERANGE || err == -FL_ETOOBIG || err == -FL_EUNSUPPORTED) {
+		r->st.n_rejected++; /* the request's fault, not the model's */
+	} else if (err < 0) {
 		r->st.n_failed++;
 		r->st.last_error = err;
+	} else if (q->kind != REQ_STATS && q->t0_us) {
+		r->lat[lat_bucket(now_us() - q->t0_us)]++;
 	}
 	if (r->inflight == q)
 		r->inflight = NULL;
@@ -183,7 +248,8 @@ static int spawn(struct rt_runner *r)
 	snprintf(ctx, sizeof(ctx), "%d", r->lim.n_ctx);
 	snprintf(mem, sizeof(mem), "%llu", (unsigned long long)r->lim.mem_bytes);
 	char *argv[] = {r->exe, "runner", "--fd", fdbuf, "--backend", r->backend, "--model",
-			r->model_path, "--threads", thr, "--ctx", ctx, "--mem-bytes", mem, NULL};
+			r->model_path, "--threads", thr, "--ctx", ctx, "--mem-bytes", mem,
+			r->backend_config ? "--backend-config" : NULL, r->backend_config, NULL};
 	pid_t pid = fork();
 	if (pid < 0) {
 		int e = -errno;
@@ -216,6 +282,7 @@ static int spawn(struct rt_runner *r)
 		rt_backend_opts_default(&o);
 		o.n_threads = r->lim.n_threads;
 		o.n_ctx = r->lim.n_ctx;
+		o.config = r->backend_config;
 		_exit(rt_runner_main(3, r->backend, r->model_path, &o) < 0 ? 1 : 0);
 	}
 	close(sv[1]);
@@ -263,6 +330,7 @@ static void child_down(struct rt_runner *r, int fail, bool crash)
 	if (crash) {
 		r->st.n_crashes++;
 		r->st.last_error = fail;
+		ring_tail(r, r->crash_tail, sizeof(r->crash_tail));
 	}
 	if (r->st.state == RT_RUNNER_LOAD_FAILED || r->stopping) {
 		pthread_cond_broadcast(&r->cond);
@@ -325,6 +393,14 @@ static int on_msg(struct rt_runner *r, struct rt_rmsg *m)
 		return 0;
 	case RT_RMSG_PONG:
 		r->ping_out = false;
+		if (q && r->ping_id && q->id == r->ping_id && m->id != r->ping_id) {
+			/* the runner owes no answer to a request we wait for: it was
+			 * lost (a runner bug); fail it rather than wait forever */
+			fprintf(stderr, "runner: request %u finished without an answer\n", q->id);
+			pthread_mutex_lock(&r->lock);
+			complete(r, q, -FL_EPROTO);
+			pthread_mutex_unlock(&r->lock);
+		}
 		return 0;
 	case RT_RMSG_PIECE:
 		if (q && q->id == m->id && q->kind == REQ_GEN && q->greq->on_text && !q->cancel_sent) {
@@ -338,11 +414,28 @@ static int on_msg(struct rt_runner *r, struct rt_rmsg *m)
 	case RT_RMSG_DONE:
 	case RT_RMSG_ERROR:
 	case RT_RMSG_STATS_R:
+	case RT_RMSG_PREDICTION:
 		if (!q || q->id != m->id)
 			return 0; /* a late answer to a request already failed */
+		if ((m->type == RT_RMSG_PREDICTION) != (q->kind == REQ_PREDICT) && m->type != RT_RMSG_ERROR)
+			return -FL_EPROTO; /* an answer of the wrong kind */
 		pthread_mutex_lock(&r->lock);
 		if (m->type == RT_RMSG_ERROR) {
+			if (q->why_len && m->text)
+				snprintf(q->why, q->why_len, "%s", m->text);
 			complete(r, q, m->code);
+		} else if (m->type == RT_RMSG_PREDICTION) {
+			if (m->pres.n_rows != q->preq->n_rows) {
+				pthread_mutex_unlock(&r->lock);
+				return -FL_EPROTO;
+			}
+			q->pres = m->pres;
+			q->pres.values = m->fstore; /* taken over from the message */
+			m->fstore = NULL;
+			m->pres.values = NULL;
+			r->st.n_requests++;
+			r->consecutive = 0;
+			complete(r, q, 0);
 		} else if (m->type == RT_RMSG_STATS_R) {
 			q->stats = m->stats;
 			complete(r, q, 0);
@@ -406,11 +499,15 @@ static void *sup_thread(void *arg)
 			continue;
 		}
 		if (state == RT_RUNNER_READY && next && r->pid > 0) {
-			struct rt_rmsg m = {.type = next->kind == REQ_GEN ? RT_RMSG_GENERATE : RT_RMSG_STATS,
+			struct rt_rmsg m = {.type = next->kind == REQ_GEN       ? RT_RMSG_GENERATE
+						    : next->kind == REQ_PREDICT ? RT_RMSG_PREDICT
+										: RT_RMSG_STATS,
 					    .id = next->id};
 			if (next->kind == REQ_GEN) {
 				m.req = *next->greq;
 				m.stream = next->greq->on_text != NULL;
+			} else if (next->kind == REQ_PREDICT) {
+				m.preq = *next->preq;
 			}
 			r->inflight = next;
 			next->sent = true;
@@ -480,7 +577,8 @@ static void *sup_thread(void *arg)
 			   t - r->ping_sent >= r->lim.heartbeat_timeout_ms) {
 			child_down(r, -FL_ECRASH, true); /* hung: no pong */
 		} else if (state == RT_RUNNER_READY && !r->ping_out && t >= r->next_ping) {
-			struct rt_rmsg m = {.type = RT_RMSG_PING, .id = 0};
+			r->ping_id = r->inflight ? r->inflight->id : 0;
+			struct rt_rmsg m = {.type = RT_RMSG_PING, .id = r->ping_id};
 			r->ping_out = true;
 			r->ping_sent = t;
 			r->next_ping = t + r->lim.heartbeat_interval_ms;
@@ -542,8 +640,10 @@ int rt_runner_start(const struct rt_runner_config *cfg, struct rt_runner **ret_r
 	r->backend = strdup(cfg->backend);
 	r->model_path = strdup(cfg->model_path);
 	r->exe = cfg->exe ? strdup(cfg->exe) : NULL;
+	r->backend_config = cfg->backend_config ? strdup(cfg->backend_config) : NULL;
 	int err = 0;
-	if (!r->backend || !r->model_path || (cfg->exe && !r->exe))
+	if (!r->backend || !r->model_path || (cfg->exe && !r->exe) ||
+	    (cfg->backend_config && !r->backend_config))
 		err = -ENOMEM;
 	else if (pipe2(r->wake, O_CLOEXEC | O_NONBLOCK) < 0)
 		err = -errno;
@@ -555,6 +655,7 @@ int rt_runner_start(const struct rt_runner_config *cfg, struct rt_runner **ret_r
 		free(r->backend);
 		free(r->model_path);
 		free(r->exe);
+		free(r->backend_config);
 		free(r);
 		return err;
 	}
@@ -573,6 +674,7 @@ int rt_runner_start(const struct rt_runner_config *cfg, struct rt_runner **ret_r
 		free(r->backend);
 		free(r->model_path);
 		free(r->exe);
+		free(r->backend_config);
 		free(r);
 		return err;
 	}
@@ -636,6 +738,7 @@ static int submit_wait(struct rt_runner *r, struct req *q)
 		return -FL_EBUSY;
 	}
 	q->id = ++r->next_id ? r->next_id : ++r->next_id;
+	q->t0_us = now_us();
 	if (r->tail)
 		r->tail->next = q;
 	else
@@ -662,6 +765,31 @@ int rt_runner_generate(struct rt_runner *r, const struct rt_gen_request *req,
 	return 0;
 }
 
+int rt_runner_predict(struct rt_runner *r, const struct rt_predict_request *req,
+		      struct rt_predict_result *ret, char *why, size_t why_len)
+{
+	if (why && why_len)
+		why[0] = '\0';
+	if (!r || !req || !ret || (why_len && !why))
+		return -EINVAL;
+	struct req q = {.kind = REQ_PREDICT, .preq = req, .why = why, .why_len = why_len};
+	int err = submit_wait(r, &q);
+	if (err < 0) {
+		if (why_len && !why[0] && err == -FL_ETOOBIG)
+			snprintf(why, why_len, "request too large for the runner protocol");
+		return err;
+	}
+	*ret = q.pres;
+	return 0;
+}
+
+void rt_runner_latency(struct rt_runner *r, uint32_t hist[RT_RUNNER_LAT_BUCKETS])
+{
+	pthread_mutex_lock(&r->lock);
+	memcpy(hist, r->lat, sizeof(r->lat));
+	pthread_mutex_unlock(&r->lock);
+}
+
 int rt_runner_backend_stats(struct rt_runner *r, struct rt_backend_stats *ret_stats)
 {
 	if (!r || !ret_stats)
@@ -686,10 +814,23 @@ size_t rt_runner_stderr_tail(struct rt_runner *r, char *buf, size_t size)
 	if (!r || !buf || !size)
 		return 0;
 	pthread_mutex_lock(&r->lock);
-	size_t n = r->ring_len < size - 1 ? r->ring_len : size - 1;
-	size_t start = (r->ring_pos + sizeof(r->ring) - n) % sizeof(r->ring);
-	for (size_t i = 0; i < n; i++)
-		buf[i] = r->ring[(start + i) % sizeof(r->ring)];
+	size_t n = ring_tail(r, buf, size);
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+size_t rt_runner_crash_tail(struct rt_runner *r, char *buf, size_t size)
+{
+	if (!r || !buf || !size)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	size_t n = strnlen(r->crash_tail, sizeof(r->crash_tail));
+	if (n > size - 1) {
+		memcpy(buf, r->crash_tail + n - (size - 1), size - 1);
+		n = size - 1;
+	} else {
+		memcpy(buf, r->crash_tail, n);
+	}
 	buf[n] = '\0';
 	pthread_mutex_unlock(&r->lock);
 	return n;
@@ -730,5 +871,6 @@ void rt_runner_stop(struct rt_runner *r, int grace_ms)
 	free(r->backend);
 	free(r->model_path);
 	free(r->exe);
+	free(r->backend_config);
 	free(r);
 }

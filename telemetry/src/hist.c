@@ -213,7 +213,7 @@ static double psi(const uint64_t *base, const uint64_t *cur, size_t n)
 
 static double rate_delta(uint64_t bn, uint64_t bt, uint64_t cn, uint64_t ct)
 {
-	if (bt < TELE_DRIFT_MIN_SAMPLES || ct < TELE_DRIFT_MIN_SAMPLES)
+	if (bt < TELE_DRIFT_MIN_BASELINE_OUTPUTS || ct < TELE_DRIFT_MIN_SAMPLES)
 		return -1;
 	return (double)cn / (double)ct - (double)bn / (double)bt;
 }

@@ -244,10 +244,11 @@ cJSON *tele_crash_details(const struct tele_crash_info *info)
 		return NULL;
 	add_num(o, "signal", info->signal, &oom);
 	add_num(o, "exit_code", info->exit_code, &oom);
-	if (info->log_lines && info->n_log_lines) {
+	{
+		/* Always present: an empty tail says the runner wrote nothing. */
 		cJSON *a = cJSON_CreateArray();
 		add_item(o, "log_tail", a, &oom);
-		size_t n = info->n_log_lines;
+		size_t n = info->log_lines ? info->n_log_lines : 0;
 		size_t skip = n > CRASH_LOG_LINES_MAX ? n - CRASH_LOG_LINES_MAX : 0;
 		for (size_t i = skip; a && i < n; i++) {
 			cJSON *line = cut_string(info->log_lines[i] ? info->log_lines[i] : "",

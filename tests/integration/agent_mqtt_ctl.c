@@ -32,6 +32,7 @@
 #include <flotilla/hash.h>
 #include <flotilla/json.h>
 #include <flotilla/mqtt.h>
+#include <flotilla/tele_wire.h>
 #include <flotilla/util.h>
 
 #define RANGE_MAX (256u * 1024u)
@@ -50,6 +51,41 @@ struct obj { /* a payload chunk (file != NULL) or a chunk index blob */
 static struct obj *objs;
 static size_t n_objs, cap_objs;
 static char dat_topic[256], req_topic[256], state_topic[256], event_topic[256], cmd_topic[256];
+static char ack_topic[256];
+
+/* An event batch: its records (decoded, compressed ones too) go to FILE one
+ * per line, and it is confirmed as the real controller does
+ * (docs/telemetry.md "Confirmation"), one range per run of seqs. */
+static void on_event(struct fl_mqtt *m, const char *file, const uint8_t *p, size_t len)
+{
+	struct tele_rx_batch *b = NULL;
+	FILE *f = fopen(file, "a");
+	if (tele_wire_decode(p, len, NULL, &b, NULL, 0) < 0) {
+		if (f) {
+			fwrite(p, 1, len, f);
+			fputc('\n', f);
+		}
+	} else {
+		char ack[8192];
+		int k = snprintf(ack, sizeof(ack), "{\"v\":1,\"stream\":\"%s\",\"ranges\":[",
+				 b->stream);
+		for (size_t i = 0; i < b->n; i++) {
+			char *js = fl_json_print(b->recs[i].json);
+			if (f && js)
+				fprintf(f, "%s\n", js);
+			free(js);
+			if (k < (int)sizeof(ack) - 64)
+				k += snprintf(ack + k, sizeof(ack) - (size_t)k, "%s[%llu,%llu]",
+					      i ? "," : "", (unsigned long long)b->recs[i].seq,
+					      (unsigned long long)b->recs[i].seq);
+		}
+		snprintf(ack + k, sizeof(ack) - (size_t)k, "]}");
+		fl_mqtt_publish(m, ack_topic, ack, strlen(ack), 0, false, NULL);
+		tele_rx_batch_free(b);
+	}
+	if (f)
+		fclose(f);
+}
 
 struct item {
 	uint8_t id[32];
@@ -275,6 +311,7 @@ static int serve(int argc, char **argv)
 	snprintf(state_topic, sizeof(state_topic), "flotilla/v1/dev/%s/state", dev);
 	snprintf(event_topic, sizeof(event_topic), "flotilla/v1/dev/%s/event", dev);
 	snprintf(cmd_topic, sizeof(cmd_topic), "flotilla/v1/dev/%s/cmd", dev);
+	snprintf(ack_topic, sizeof(ack_topic), "flotilla/v1/dev/%s/tele/ack", dev);
 	char *state_file = fl_asprintf("%s.state", statsf);
 	char *events_file = fl_asprintf("%s.events", statsf);
 	char *cmd_dir = fl_asprintf("%s.cmd", statsf);
@@ -324,12 +361,7 @@ static int serve(int argc, char **argv)
 				fl_write_file_atomic(state_file, ev.payload, ev.len, 0644);
 			} else if (ev.type == FL_MQTT_EV_MESSAGE &&
 				   !strcmp(ev.topic, event_topic)) {
-				FILE *f = fopen(events_file, "a");
-				if (f) {
-					fwrite(ev.payload, 1, ev.len, f);
-					fputc('\n', f);
-					fclose(f);
-				}
+				on_event(m, events_file, ev.payload, ev.len);
 			}
 			fl_mqtt_event_clear(&ev);
 		}

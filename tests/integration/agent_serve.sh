@@ -42,9 +42,10 @@ want2=$(greedy "$tmp/v2/model.gguf")
 check "the two versions answer differently (the mix check means something)" \
   bash -c "[ -n '$want1' ] && [ -n '$want2' ] && [ '$want1' != '$want2' ]"
 
-port=$((20000 + RANDOM % 20000))
 mkdir -p "$S/spool"
-cat >"$tmp/agent.conf" <<EOC
+for _ in 1 2 3 4 5; do # a random port may be taken: the agent says so and exits
+  port=$((20000 + RANDOM % 20000))
+  cat >"$tmp/agent.conf" <<EOC
 [agent]
 state_dir = $S
 trust_dir = $T
@@ -52,8 +53,13 @@ trust_dir = $T
 listen = 127.0.0.1:$port
 token = s3cret
 EOC
-"$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &
-svc=$!
+  "$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &
+  svc=$!
+  for _ in $(seq 50); do grep -qs "local API on" "$tmp/agent.log" && break; kill -0 $svc 2>/dev/null || break; sleep 0.1; done
+  grep -qs "local API on" "$tmp/agent.log" && break
+  kill $svc 2>/dev/null; wait $svc 2>/dev/null; svc=
+done
+check "the agent is up with its API" grep -qs "local API on" "$tmp/agent.log"
 api() { curl -s -m 20 -H "Authorization: Bearer s3cret" "$@"; }
 spool() { cp "$1" "$S/spool/.$2.part" && mv "$S/spool/.$2.part" "$S/spool/$2"; }
 wait_for() { # wait_for SECONDS COMMAND...
@@ -110,8 +116,10 @@ check "both models answered during the run" bash -c "[ $old -gt 0 ] && [ $new -g
 spool "$tmp/v3.tar" v3.tar
 check "v3 served (in trial)" wait_for 60 bash -c "[ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r '.models.tiny.version // empty')\" = 3.0 ]"
 check "v3 is in TRIAL" [ "$(api "http://127.0.0.1:$port/v1/status" | jq -r .models.tiny.state)" = TRIAL ]
+runner_pid() { api "http://127.0.0.1:$port/v1/status" | jq -r '.models.tiny.pid // 0'; }
 for k in 1 2 3; do
-  pid=$(api "http://127.0.0.1:$port/v1/status" | jq -r '.models.tiny.pid // 0')
+  wait_for 10 bash -c "[ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r '.models.tiny.pid // 0')\" != 0 ]" || true
+  pid=$(runner_pid)
   [ "$pid" -gt 0 ] && kill -9 "$pid"
   wait_for 10 bash -c "p=\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r '.models.tiny.pid // 0'); [ \"\$p\" != $pid ] && [ \"\$p\" != 0 ] || [ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r .models.tiny.version)\" = 2.0 ]" || true
 done

@@ -63,18 +63,38 @@ refuse "bundle for another architecture" "not compatible" "$tmp/arm.tar"
 check "incompatible bundle journaled REJECTED" [ "$(last_state)" = REJECTED ]
 mk_bundle "$tmp/bigram.tar" "$tmp/keys" tiny 4.0 4 --min-ram-mb 99999999 "$tmp/v1/model.gguf"
 refuse "bundle needing more RAM than the device has" "not compatible" "$tmp/bigram.tar"
-mk_bundle "$tmp/xgb.tar" "$tmp/keys" tiny 4.0 4 --backend xgboost "$tmp/v1/model.gguf"
-refuse "bundle for a backend the device lacks" "not compatible" "$tmp/xgb.tar"
+mk_bundle "$tmp/onnx.tar" "$tmp/keys" tiny 4.0 4 --backend onnx "$tmp/v1/model.gguf"
+refuse "bundle for a backend the device lacks" "not compatible" "$tmp/onnx.tar"
 check "incompatible refusals are journaled with the reason" \
   bash -c "sqlite3 '$S/state.db' \"SELECT error FROM installs WHERE state=7\" | grep -q 'not in the bundle.s list'"
+
+# Several model names on one device are independent: a second model
+# (`other`, v1 then v2) is untouched by reverting tiny, and vice versa.
+mk_bundle "$tmp/o1.tar" "$tmp/keys" other 1.0 1 "$tmp/v2/model.gguf"
+mk_bundle "$tmp/o2.tar" "$tmp/keys" other 2.0 2 "$tmp/v1/model.gguf"
+check "second model v1 installs" agent install "$tmp/o1.tar"
+check "second model v2 installs" agent install "$tmp/o2.tar"
+model_view() { # model_view NAME: its journal record + its slot bytes
+  agent status --json | jq -S --arg m "$1" '.models[$m]'
+  (cd "$S/models/$1" && find . -type f -exec sha256sum {} + | sort; readlink current)
+}
+other_before=$(model_view other)
+check "tiny still on v2 beside the second model" [ "$(cur_version)" = 2.0 ]
 
 # Revert: always allowed to the slot this device committed before.
 check "revert succeeds" agent revert tiny
 check "v1 current after revert" [ "$(cur_version)" = 1.0 ]
+check "reverting tiny left the other model's slots, current and journal alone" \
+  [ "$(model_view other)" = "$other_before" ]
 check "revert journaled ROLLED_BACK" [ "$(agent status --json | jq -r .models.tiny.last_install.state)" = ROLLED_BACK ]
 check "floor stays at 2: v1 bundle still refused" bash -c "! '$AGENT' --state-dir '$S' --trust-dir '$T' install '$tmp/v1.tar' 2>/dev/null"
 check "revert again goes forward to v2" agent revert tiny
 check "v2 current again" [ "$(cur_version)" = 2.0 ]
+tiny_before=$(model_view tiny)
+check "revert of the other model succeeds" agent revert other
+check "other model back on its v1" [ "$(agent status --json | jq -r '.models.other as $m | $m.slots[$m.current].version')" = 1.0 ]
+check "other model's current holds its v1 bytes" cmp -s "$S/models/other/current/model.gguf" "$tmp/v2/model.gguf"
+check "reverting the other model left tiny alone" [ "$(model_view tiny)" = "$tiny_before" ]
 check "reinstalling the same sequence is allowed" agent install "$tmp/v2.tar"
 check "no model: revert refused" bash -c "! '$AGENT' --state-dir '$S' --trust-dir '$T' revert nosuch 2>/dev/null"
 
@@ -103,6 +123,28 @@ if [ "$(jq -r --arg s "$ina" '.models.tiny.slots[$s].status' <<<"$st")" = empty 
   agent check >/dev/null
   check "stray file in an empty slot removed" [ ! -e "$S/models/tiny/$ina/stray" ]
 fi
+
+# Pre-flight free disk: a reserve no disk has -> refused (no_space) before
+# anything is staged; journal, slots and the other records unchanged.
+printf '[agent]\nstate_dir = %s\ntrust_dir = %s\ndisk_reserve = %s\n' "$S" "$T" \
+  $((1 << 60)) >"$tmp/huge_reserve.conf"
+mk_bundle "$tmp/v10.tar" "$tmp/keys" tiny 10.0 10 "$tmp/v1/model.gguf"
+before=$(snapshot)
+ls_before=$(ls -R "$S/models")
+out=$("$AGENT" --config "$tmp/huge_reserve.conf" install "$tmp/v10.tar" 2>&1)
+rc=$?
+echo "$out" | tail -2
+check "huge disk_reserve: install refused" [ $rc -ne 0 ]
+check "the refusal says no disk space" grep -q "not enough disk space" <<<"$out"
+check "slots and journal state unchanged" [ "$(snapshot)" = "$before" ]
+check "no file appeared in any slot" [ "$(ls -R "$S/models")" = "$ls_before" ]
+st=$(agent status --json)
+check "journal: last install REJECTED for 10.0" \
+  [ "$(jq -r '.models.tiny.last_install | .state + " " + .version' <<<"$st")" = "REJECTED 10.0" ]
+check "journal error gives the figures" bash -c "sqlite3 '$S/state.db' \"SELECT error FROM installs WHERE version='10.0'\" | grep -Eq '^needs [0-9]+ bytes \\(\+$((1 << 60)) reserve\\), [0-9]+ available \\(not enough disk space\\)\$'"
+code=$(sqlite3 "$S/state.db" "SELECT json_extract(detail,'\$.error') FROM events WHERE kind='install.rejected' AND json_extract(detail,'\$.version')='10.0'")
+check "install.rejected event carries the no-space error ($code)" [ "$code" = "not enough disk space" ]
+check "v10 still installs with the normal reserve" agent install "$tmp/v10.tar"
 
 # Two agents never work on one state directory at once.
 exec 9>"$S/agent.lock"

@@ -7,7 +7,7 @@
  *   FL_MQTT_WPORT    a broker whose certificate names only broker.invalid
  *   FL_MQTT_PKGDIR   packaging/mosquitto (start/stop scripts: restart test)
  *
- *   mqtt_session [all|basic|session|restart|flood|tls|backoff|idle]
+ *   mqtt_session [all|basic|session|persist|restart|flood|tls|backoff|idle]
  *   mqtt_session bench MIB MSG_KIB WINDOW       (prints MB/s)
  *   (FL_MQTT_PLAIN=1: tcp:// instead of ssl://, for a plain broker)
  *
@@ -454,6 +454,128 @@ static int run(const char *cmd)
 	return r;
 }
 
+/* A fresh, empty session for ID: connect with clean start, disconnect. */
+static bool fresh_session(const char *id)
+{
+	struct fl_mqtt_opts o;
+	struct tcl c;
+	opts_for(&o, pki, id, port);
+	o.clean_start = true;
+	if (!connect_cl(&c, id, &o))
+		return false;
+	del_cl(&c);
+	return true;
+}
+
+#define SHARE_EVENT "$share/controllers/flotilla/v1/dev/+/event"
+#define STATES "flotilla/v1/dev/+/state"
+
+/* Broker with persistence (as in production) stopped and started again
+ * while QoS 1 publishes are in flight: both clients resume their sessions
+ * (session_present 1). mosquitto 2.0.11 restores such a session without
+ * its $share subscriptions, so unless the wrapper subscribes again on a
+ * resumed session too, devA's events then match no subscriber and the
+ * controller never gets another one (the stall of transport_restart.sh B).
+ * Afterwards: every in-flight publish ends exactly once, the window is
+ * free, new publishes flow both ways through plain and $share
+ * subscriptions, and the renewal does not deliver a retained message twice
+ * (Retain Handling 1). */
+static void test_restart_persist(void)
+{
+	struct fl_mqtt_opts o;
+	struct tcl dev, ctl;
+	if (!fresh_session("devA") || !fresh_session("controller"))
+		return;
+	opts_for(&o, pki, "devA", port);
+	if (!connect_cl(&dev, "devA", &o))
+		return;
+	subscribe(&dev, CMD_A);
+	uint64_t tok = 0;
+	struct fl_mqtt_event *e;
+	int r = fl_mqtt_publish(dev.m, STATE_A, "retained-1", 10, 1, true, &tok);
+	e = r == 0 ? wait_token(&dev, tok, 5000) : NULL;
+	CHECK(e && e->type == FL_MQTT_EV_PUBLISHED, "devA: retained state published");
+	opts_for(&o, pki, "controller", port);
+	if (!connect_cl(&ctl, "controller", &o))
+		return;
+	subscribe(&ctl, STATES);
+	subscribe(&ctl, SHARE_EVENT);
+	int64_t until = fl_mono_ms() + 5000;
+	while (count_msgs(&ctl, STATE_A, "retained-1") < 1 && fl_mono_ms() < until)
+		pump(100);
+	CHECK(count_msgs(&ctl, STATE_A, "retained-1") == 1, "controller: devA's retained state on subscribing");
+
+	uint64_t toks[8] = {0};
+	int np = 0;
+	for (int i = 0; i < 8; i++)
+		np += fl_mqtt_publish(dev.m, EVENT_A, "in-flight", 9, 1, false, &toks[i]) == 0;
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "'%s/stop-broker.sh' '%s'", pkgdir, pki);
+	CHECK(np == 8 && run(cmd) == 0, "8 QoS 1 publishes in flight; broker (persistence on) stopped");
+	e = wait_ev(&dev, FL_MQTT_EV_DISCONNECTED, NULL, 5000);
+	CHECK(e != NULL, "devA: DISCONNECTED");
+	snprintf(cmd, sizeof(cmd), "FL_BROKER_PERSIST=1 FL_BROKER_WAIT_S=10 '%s/start-broker.sh' '%s' %d >/dev/null",
+		 pkgdir, pki, port);
+	CHECK(run(cmd) == 0, "broker started again with its persistence database");
+	e = wait_ev(&dev, FL_MQTT_EV_CONNECTED, NULL, 9000);
+	CHECK(e && e->session_present, "devA: CONNECTED, session resumed (session_present %d)",
+	      e ? e->session_present : -1);
+	e = wait_ev(&ctl, FL_MQTT_EV_CONNECTED, NULL, 9000);
+	CHECK(e && e->session_present, "controller: CONNECTED, session resumed (session_present %d)",
+	      e ? e->session_present : -1);
+	e = wait_ev(&ctl, FL_MQTT_EV_SUBSCRIBED, SHARE_EVENT, 5000);
+	CHECK(e != NULL, "controller: $share subscription renewed on the resumed session");
+	e = wait_ev(&dev, FL_MQTT_EV_SUBSCRIBED, CMD_A, 5000);
+	CHECK(e != NULL, "devA: cmd subscription renewed on the resumed session");
+
+	/* Every in-flight publish completes exactly once; the window frees. */
+	int once = 0;
+	for (int i = 0; i < 8; i++) {
+		int k = 0;
+		if (wait_token(&dev, toks[i], 10000))
+			for (int j = 0; j < dev.n; j++)
+				k += (dev.ev[j].type == FL_MQTT_EV_PUBLISHED ||
+				      dev.ev[j].type == FL_MQTT_EV_PUBLISH_FAILED) &&
+				     dev.ev[j].token == toks[i];
+		once += k == 1;
+	}
+	struct fl_mqtt_stats st;
+	fl_mqtt_stats(dev.m, &st);
+	CHECK(once == 8 && st.inflight == 0, "each in-flight publish ended exactly once; window free (inflight %d)",
+	      st.inflight);
+
+	/* A full window of new events reaches the controller through $share. */
+	int before = count_msgs(&ctl, EVENT_A, "after-restart");
+	np = 0;
+	for (int i = 0; i < 8; i++)
+		np += fl_mqtt_publish(dev.m, EVENT_A, "after-restart", 13, 1, false, &toks[i]) == 0;
+	int acked = 0;
+	for (int i = 0; i < 8 && i < np; i++) {
+		e = wait_token(&dev, toks[i], 5000);
+		acked += e && e->type == FL_MQTT_EV_PUBLISHED;
+	}
+	int64_t end = fl_mono_ms() + 5000;
+	while (count_msgs(&ctl, EVENT_A, "after-restart") - before < 8 && fl_mono_ms() < end)
+		pump(100);
+	int got = count_msgs(&ctl, EVENT_A, "after-restart") - before;
+	CHECK(np == 8 && acked == 8 && got == 8,
+	      "after the restart: 8 of 8 new events accepted, %d acknowledged, %d received via $share", acked, got);
+	r = publish(&ctl, CMD_A, "after-persist", &tok);
+	e = wait_ev(&dev, FL_MQTT_EV_MESSAGE, CMD_A, 5000);
+	CHECK(r == 0 && e && e->len == 13 && !memcmp(e->payload, "after-persist", 13),
+	      "devA receives commands after the restart");
+	pump_for(300);
+	CHECK(count_msgs(&ctl, STATE_A, "retained-1") == 1 && count_msgs(&dev, CMD_A, "after-persist") == 1,
+	      "nothing delivered twice (retained state %d, command %d)", count_msgs(&ctl, STATE_A, "retained-1"),
+	      count_msgs(&dev, CMD_A, "after-persist"));
+	/* Clear the retained state: later scenarios start from nothing. */
+	r = fl_mqtt_publish(dev.m, STATE_A, "", 0, 1, true, &tok);
+	if (r == 0)
+		wait_token(&dev, tok, 5000);
+	del_cl(&dev);
+	del_cl(&ctl);
+}
+
 /* Broker stopped and restarted under connected clients. The test broker has
  * no persistence, so sessions are lost: the wrapper must subscribe again. */
 static void test_restart(void)
@@ -482,7 +604,7 @@ static void test_restart(void)
 	CHECK(e != NULL, "devA: DISCONNECTED after %" PRId64 " ms (%s), next try in %" PRId64 " ms",
 	      fl_mono_ms() - t0, e ? e->text : "-", e ? e->retry_ms : -1);
 	CHECK(e && e->retry_ms >= 800 && e->retry_ms <= 1200, "first retry after 1 s +-20%%");
-	snprintf(cmd, sizeof(cmd), "FL_BROKER_WAIT_S=10 '%s/start-broker.sh' '%s' %d >/dev/null", pkgdir, pki, port);
+	snprintf(cmd, sizeof(cmd), "FL_BROKER_PERSIST=0 FL_BROKER_WAIT_S=10 '%s/start-broker.sh' '%s' %d >/dev/null", pkgdir, pki, port);
 	CHECK(run(cmd) == 0, "broker restarted on the same port");
 	t0 = fl_mono_ms();
 	/* Bound: the retries due within 1.2 + 2.4 + 4.8 s of the drop. */
@@ -824,6 +946,9 @@ int main(int argc, char **argv)
 		test_flood();
 	if (all || !strcmp(what, "idle"))
 		test_idle();
+	/* Before "restart", which leaves the broker without persistence. */
+	if (all || !strcmp(what, "persist"))
+		test_restart_persist();
 	if (all || !strcmp(what, "restart"))
 		test_restart();
 	opts_release();

@@ -9,7 +9,10 @@
 # 2. lintian: every tag is printed, errors and warnings fail;
 # 3. dpkg -i: programs, units, conffiles, the flotilla system user and the
 #    multi-user.target.wants symlinks are in place, and the installed agent
-#    runs as that user with the packaged configuration;
+#    runs as that user with the packaged configuration; the installed
+#    controller starts as the unit's User= with the shipped controller.conf,
+#    answers /healthz, refuses the API (no tokens shipped) and exits 0 on
+#    SIGTERM;
 # 4. dpkg -r keeps conffiles and masks nothing it should not; dpkg -P removes
 #    conffiles, state, symlinks and d-s-h state, and keeps the system user
 #    (Debian's advice for system accounts).
@@ -139,6 +142,47 @@ check "installed agent runs as flotilla with /etc/flotilla/agent.conf" \
   sh -c "timeout 30 runuser -u flotilla -- /usr/bin/flotilla-agent --state-dir '$TMP/state' status | grep -q 'no models installed'"
 check "installed controller and cli run" \
   sh -c 'timeout 10 /usr/bin/flotilla-controller --help >/dev/null && timeout 10 /usr/bin/flotilla --help >/dev/null'
+# The installed controller as its unit runs it (User=, StateDirectory=, the
+# shipped conffile), without systemd: the conffile alone must let it start.
+ctl_unit=/lib/systemd/system/flotilla-controller.service
+ctl_user=$(sed -n 's/^User=//p' "$ctl_unit")
+ctl_state=/var/lib/$(sed -n 's/^StateDirectory=//p' "$ctl_unit")
+check "controller.conf data_dir is the unit's StateDirectory" \
+  sh -c "grep -qx 'data_dir = $ctl_state' /etc/flotilla/controller.conf"
+install -d -o "$ctl_user" -g "$ctl_user" -m 0700 "$ctl_state"   # what StateDirectory= does
+ctl_conf=/etc/flotilla/controller.conf
+if ss -Hltn 'sport = :8080' 2>/dev/null | grep -q .; then
+  # Someone else has the shipped port here: same file, any free port.
+  echo "note: port 8080 is busy on this machine: the shipped controller.conf with port = 0"
+  sed 's/^port = .*/port = 0/' /etc/flotilla/controller.conf > "$TMP/controller.conf"
+  chmod 644 "$TMP/controller.conf"
+  ctl_conf=$TMP/controller.conf
+fi
+# setpriv execs the program (runuser would stay between as its parent and
+# turn our SIGTERM into its own exit status).
+setpriv --reuid="$ctl_user" --regid="$ctl_user" --init-groups -- /usr/bin/flotilla-controller --config "$ctl_conf" \
+  --port-file "$TMP/state/ctl.port" > "$TMP/ctl.log" 2>&1 &
+ctl_pid=$!
+for _ in $(seq 1 100); do
+  [ -s "$TMP/state/ctl.port" ] || ! kill -0 "$ctl_pid" 2>/dev/null && break
+  sleep 0.1
+done
+ctl_port=$(cat "$TMP/state/ctl.port" 2>/dev/null || echo 0)
+check "installed controller starts as $ctl_user with the shipped controller.conf" \
+  sh -c "[ '$ctl_port' != 0 ] && curl -sf -m 5 http://127.0.0.1:$ctl_port/healthz >/dev/null"
+check "controller process runs as $ctl_user" \
+  sh -c "[ \"\$(ps -o user= -p $ctl_pid)\" = '$ctl_user' ]"
+check "shipped controller.conf (no tokens) refuses the API" \
+  sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:$ctl_port/api/v1/devices)\" = 401 ]"
+check "controller store created in $ctl_state, owned by $ctl_user" \
+  sh -c "[ \"\$(stat -c %U '$ctl_state/controller.db')\" = '$ctl_user' ]"
+kill -TERM "$ctl_pid" 2>/dev/null || true
+ctl_rc=0
+for _ in $(seq 1 100); do kill -0 "$ctl_pid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$ctl_pid" 2>/dev/null || true
+wait "$ctl_pid" || ctl_rc=$?
+check "installed controller exits 0 on SIGTERM" test "$ctl_rc" -eq 0
+[ "$fail" -eq 0 ] || sed 's/^/  controller: /' "$TMP/ctl.log"
 # Reinstall (upgrade path: postinst configure with a previous version) must be quiet and keep the link.
 dpkg_run -i "${DEBS[0]}" >/dev/null || { echo "FAIL: dpkg -i again"; fail=1; }
 check "agent still enabled after reinstall" test -L "$WANTS/flotilla-agent.service"
@@ -151,6 +195,7 @@ dpkg_run -r "${PKGS[@]}" || { echo "FAIL: dpkg -r"; fail=1; }
 check "programs gone after remove" sh -c '! test -e /usr/bin/flotilla-agent && ! test -e /usr/bin/flotilla'
 check "conffiles kept after remove" test -f /etc/flotilla/agent.conf
 check "state kept after remove" test -f /var/lib/flotilla/models/x
+check "controller state kept after remove" test -f /var/lib/flotilla-controller/controller.db
 dpkg_run -P "${PKGS[@]}" || { echo "FAIL: dpkg -P"; fail=1; }
 INSTALLED=0
 for p in "${PKGS[@]}"; do
@@ -158,6 +203,7 @@ for p in "${PKGS[@]}"; do
 done
 check "/etc/flotilla gone" sh -c '! test -e /etc/flotilla'
 check "/var/lib/flotilla gone" sh -c '! test -e /var/lib/flotilla'
+check "/var/lib/flotilla-controller gone" sh -c '! test -e /var/lib/flotilla-controller'
 check "units gone" sh -c '! ls /lib/systemd/system/flotilla-* >/dev/null 2>&1'
 check "no symlink or mask left in /etc/systemd/system" \
   sh -c '! find /etc/systemd/system -name "flotilla-*" | grep -q .'

@@ -55,6 +55,12 @@ struct fl_mqtt_opts {
 	int connect_timeout_s;    /* 1..300 */
 	uint32_t session_expiry_s;/* kept by the broker after a disconnect */
 	bool clean_start;         /* false: resume the broker's session if any */
+	/* fl_mqtt_free() ends the broker's session (DISCONNECT with session
+	 * expiry 0): nothing more is queued for this client id, and its shared
+	 * subscriptions stop taking their share of messages at once. For a
+	 * server that several instances share ($share/...); a device keeps its
+	 * session (commands wait for it). Default false. */
+	bool end_session_on_free;
 	/* Last will (optional: will_topic NULL for none). */
 	const char *will_topic;
 	const void *will_payload;
@@ -147,9 +153,12 @@ int fl_mqtt_start(struct fl_mqtt *m);
 int fl_mqtt_tick(struct fl_mqtt *m, int64_t now_ms, int *ret_next_ms);
 
 /* Subscribe to TOPIC (a filter, shared subscriptions included) with QOS
- * 0..1. The subscription is remembered and sent again after a reconnect
- * that did not resume the session. While disconnected it is only
- * remembered. Result: SUBSCRIBED / SUBSCRIBE_FAILED events.
+ * 0..1. The subscription is remembered and sent again after every
+ * reconnect, a resumed session included (a broker may resume a session
+ * without some of its subscriptions; docs/mqtt.md "Resumed sessions"); on a
+ * resumed session with Retain Handling 1, so retained messages are not
+ * delivered twice. While disconnected it is only remembered. Result:
+ * SUBSCRIBED / SUBSCRIBE_FAILED events (after each reconnect too).
  * Errors: -EINVAL (bad topic/qos), -FL_ETOOBIG (more than FL_MQTT_MAX_SUBS),
  * -ENOMEM. Subscribing twice to the same filter updates its QoS. */
 int fl_mqtt_subscribe(struct fl_mqtt *m, const char *topic, int qos);

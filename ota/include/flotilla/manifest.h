@@ -92,6 +92,10 @@ struct ota_manifest {
 	struct ota_acceptance_test *tests;
 	size_t n_tests;
 	struct ota_trial trial;
+	/* "telemetry": {"include_content": bool}: the publisher allows a
+	 * runner_crashed event to carry the failing request's content (the
+	 * device config must allow it too; docs/telemetry.md). */
+	bool tele_include_content;
 	char *chunking;    /* opaque descriptor from the chunker; NULL if absent */
 	struct ota_manifest_file *files;
 	size_t n_files;

@@ -7,6 +7,8 @@
  *   devices/<id>.crt, devices/<id>.key  one per device; CN = device id
  *   server.crt, server.key              the broker (serverAuth, DNS/IP SANs)
  *   controller.crt, controller.key      controllers (CN "flotilla-controller")
+ *   controller-N.crt, controller-N.key  more instances (CN "flotilla-controller-N")
+ *   revoked.txt, ca.crl                 revocation list and CRL (pki_revoke)
  *
  * All keys are ECDSA P-256 generated here with mbedTLS (CTR-DRBG seeded from
  * the OS entropy source); signatures are ECDSA with SHA-256; serial numbers are
@@ -77,7 +79,9 @@ int pki_init(const char *dir, const struct pki_opts *opts);
  * with a new key pair. NAME: for DEVICE the device id (fl_name_valid(id,
  * PKI_NAME_MAX_LEN) and not starting with PKI_RESERVED_PREFIX, else -EINVAL:
  * the broker ACL gives the controller's CN every topic), the CN; for SERVER / CONTROLLER the CN
- * (NULL: opts->cn or the default). Files: devices/<id>.{crt,key},
+ * (NULL: opts->cn or the default); a CONTROLLER's CN is PKI_CONTROLLER_CN or
+ * PKI_CONTROLLER_CN "-" suffix (one certificate per running instance; the
+ * broker ACL lists these names, see docs/broker.md), else -EINVAL. Files: devices/<id>.{crt,key},
  * <out|server>.{crt,key}, <out|controller>.{crt,key}.
  * If ret_crt_path is not NULL it gets the certificate's path (caller frees).
  * Errors: -EEXIST (key exists and !force), -EINVAL (bad name/kind/SAN),
@@ -124,5 +128,51 @@ struct pki_cert_info {
  * out-parameter that is NOT only written on success. */
 int pki_verify(const char *ca_path, const char *crt_path, const char *host, enum pki_kind kind,
 	       struct pki_cert_info *info);
+
+/* ---- revocation (ota/src/crl.c, written with OpenSSL: mbedTLS 2.28 cannot
+ * write CRLs) ----
+ *
+ * DIR/revoked.txt lists the revoked serials, one "SERIAL EPOCH [CN]" a line
+ * (lowercase hex without leading zeros, the revocation time, the CN when
+ * known); DIR/ca.crl is the X.509 v2 CRL (PEM) made from it, signed by the
+ * CA key with ECDSA-SHA256, with crlNumber (the issue time in seconds, kept
+ * increasing), authorityKeyIdentifier, thisUpdate = now and nextUpdate =
+ * now + DAYS. A CRL must be re-issued (pki_crl_write) before nextUpdate: a
+ * broker with an expired CRL refuses every client. */
+#define PKI_CRL_DAYS_DEFAULT 30
+#define PKI_REVOKED_MAX 100000 /* entries in revoked.txt */
+#define PKI_SERIAL_HEX_MAX 40  /* 20 bytes (RFC 5280) */
+
+/* Add a certificate to DIR's revocation list and re-issue DIR/ca.crl.
+ * Exactly one of ID (device id: the serial of DIR/devices/<ID>.crt) and
+ * SERIAL_HEX (hex, optional "0x", ':' separators allowed) is given. DAYS: CRL
+ * validity (0: PKI_CRL_DAYS_DEFAULT). The normalised serial goes to
+ * ret_serial (may be NULL). Already listed: the CRL is re-issued and
+ * -EALREADY returned. Errors: -EINVAL (bad id/serial/days), -ENOENT (no such
+ * device certificate), -FL_EFORMAT (unparsable certificate or revoked.txt),
+ * -FL_EKEY (CA key unusable / not matching ca.crt), -FL_ETOOBIG, -errno. On
+ * error neither file changes. */
+int pki_revoke(const char *dir, const char *id, const char *serial_hex, int64_t days,
+	       char ret_serial[PKI_SERIAL_HEX_MAX + 1]);
+
+/* Re-issue DIR/ca.crl from DIR/revoked.txt (a missing list is an empty CRL)
+ * with nextUpdate now + DAYS (0: default). Errors as pki_revoke(). */
+int pki_crl_write(const char *dir, int64_t days);
+
+struct pki_crl_info {
+	int64_t this_update_s;
+	int64_t next_update_s;
+	size_t n_revoked;
+	int64_t revoked_at_s; /* when the checked certificate was revoked */
+};
+
+/* Check the certificate at CRT_PATH against the CRL at CRL_PATH, which must be
+ * signed by the CA at CA_PATH and current. 0: not revoked;
+ * -FL_EKEYREVOKED: listed (info->revoked_at_s set); -FL_EBADSIG: the CRL is
+ * not signed by this CA (or names another issuer); -FL_EEXPIRED: the CRL is
+ * past its nextUpdate (or not yet valid); -FL_EFORMAT: unparsable file;
+ * -errno. INFO (may be NULL) is filled as far as the CRL parsed. */
+int pki_crl_check(const char *ca_path, const char *crl_path, const char *crt_path,
+		  struct pki_crl_info *info);
 
 #endif

@@ -34,6 +34,7 @@ struct rt_backend_opts {
 	int n_ctx;        /* 0: min(model training context, 4096) */
 	int n_batch;      /* 0: default */
 	uint32_t kv_type; /* 0 (= RT_GGML_TYPE_F32) or RT_GGML_TYPE_F16; see rt_backend_opts_default */
+	const char *config; /* backend-specific JSON object (exec: the command); NULL: none */
 };
 
 /* Defaults: all 0 except kv_type = F16. */
@@ -92,19 +93,62 @@ struct rt_backend_stats {
 	int n_ctx, n_threads;
 };
 
+/* ------------------------------------------------- tabular prediction */
+
+/* Feature rows in, one or more numbers per row out (classic models such as
+ * gradient-boosted trees: fraud scores, anomaly scores). */
+#define RT_PREDICT_MAX_VALUES (1u << 20) /* rows x columns of one request */
+#define RT_PREDICT_MAX_COLS 65536
+
+enum rt_predict_kind {
+	RT_PREDICT_VALUE = 1,      /* regression / scores: N_OUT numbers per row */
+	RT_PREDICT_BINARY = 2,     /* probability of class 1 per row (class = p >= 0.5) */
+	RT_PREDICT_MULTICLASS = 3, /* N_OUT class probabilities per row (class = argmax) */
+	RT_PREDICT_CLASS = 4,      /* the class index itself per row */
+};
+
+struct rt_predict_request {
+	const float *values;       /* N_ROWS x N_COLS, row-major; NaN = missing */
+	size_t n_rows, n_cols;
+};
+
+struct rt_predict_result {
+	float *values;             /* N_ROWS x N_OUT; free with rt_predict_result_free() */
+	size_t n_rows, n_out;
+	enum rt_predict_kind kind;
+	char objective[32];        /* the model's, e.g. "binary:logistic" */
+	double ms;                 /* time in the backend */
+};
+
+void rt_predict_result_free(struct rt_predict_result *res);
+
+/* Name of a kind ("value", "binary", "multiclass", "class"). */
+const char *rt_predict_kind_name(enum rt_predict_kind k);
+
+/* The class a row of RES predicts (BINARY, MULTICLASS, CLASS), or -1. */
+int rt_predict_class(const struct rt_predict_result *res, size_t row);
+
 struct rt_backend_ops {
 	const char *name; /* 1..15 bytes */
 	/* Open MODEL_PATH (a file, or a directory the backend knows how to
 	 * read). OPTS is never NULL. */
 	int (*open)(const char *model_path, const struct rt_backend_opts *opts, void **ret_impl);
-	/* REQ was validated by rt_backend_generate(). On success *RET is filled. */
+	/* REQ was validated by rt_backend_generate(). On success *RET is filled.
+	 * NULL for a backend that does not generate text. */
 	int (*generate)(void *impl, const struct rt_gen_request *req, struct rt_gen_result *ret);
 	int (*stats)(void *impl, struct rt_backend_stats *ret);
 	void (*close)(void *impl);
+	/* Tabular prediction (NULL: not supported). REQ was checked by
+	 * rt_backend_predict(). On an error, WHY (WHY_LEN > 0) gets a message
+	 * for the client, e.g. "rows have 3 values, the model takes 4
+	 * features". */
+	int (*predict)(void *impl, const struct rt_predict_request *req,
+		       struct rt_predict_result *ret, char *why, size_t why_len);
 };
 
-/* Register OPS (must stay valid for the life of the process). Errors:
- * -EINVAL (NULL op, bad name), -FL_EDUP (name taken), -FL_ETOOBIG (registry
+/* Register OPS (must stay valid for the life of the process). At least one
+ * of generate and predict is required. Errors: -EINVAL (NULL op, bad name),
+ * -FL_EDUP (name taken), -FL_ETOOBIG (registry
  * full). "gguf" is always registered. */
 int rt_backend_register(const struct rt_backend_ops *ops);
 /* Ops registered under NAME, or NULL. */
@@ -123,11 +167,23 @@ int rt_backend_open(const char *name, const char *model_path, const struct rt_ba
 /* Run one request. Errors (nothing generated, *RES untouched): -EINVAL
  * (missing prompt, max_tokens < 1, too many/long stop strings or
  * messages), -FL_ERANGE (sampling), -FL_ETOOBIG (prompt does not fit the
- * context), -FL_EUNSUPPORTED (chat without a known template), -ENOMEM. */
+ * context), -FL_EUNSUPPORTED (chat without a known template, or a backend
+ * that does not generate text, e.g. xgboost), -ENOMEM. */
 int rt_backend_generate(struct rt_backend *b, const struct rt_gen_request *req,
 			struct rt_gen_result *res);
 
+/* Predict REQ's rows. Errors (*RES untouched, WHY says why when WHY_LEN >
+ * 0): -EINVAL (no rows, no columns, over RT_PREDICT_MAX_VALUES /
+ * RT_PREDICT_MAX_COLS, or the backend's schema check: wrong number of
+ * features), -FL_EUNSUPPORTED (a backend that does not predict, e.g. gguf),
+ * -ENOMEM, the backend's errors. Free *RES with rt_predict_result_free(). */
+int rt_backend_predict(struct rt_backend *b, const struct rt_predict_request *req,
+		       struct rt_predict_result *res, char *why, size_t why_len);
+
 int rt_backend_stats(struct rt_backend *b, struct rt_backend_stats *ret_stats);
+
+/* The name B was opened with ("gguf", "xgboost", ...). */
+const char *rt_backend_name(const struct rt_backend *b);
 
 /* Close and free. NULL is fine. */
 void rt_backend_close(struct rt_backend *b);

@@ -119,6 +119,19 @@ float rt_k_dot_f32_ggml(int64_t n, const float *x, const float *y);
  * tinyBLAS order (one 8-lane accumulator) for a batch. */
 void rt_k_attn_pv_ggml(const float *p, int64_t n, const float *v, size_t v_stride, int64_t hd,
 		       bool batched, float *out);
+/* F16 dot product in llama.cpp's x86 orders: ggml_vec_dot_f16 (BATCHED
+ * false: one token) or llamafile tinyBLAS F16 (one 8-lane accumulator: a
+ * batch). The attention scores with an F16 cache (Q rounded to F16). */
+float rt_k_dot_f16_ggml(int64_t n, const uint16_t *x, const uint16_t *y, bool batched);
+/* Attention value sum over a cache of VTYPE (F32 or F16), rows of HD values
+ * V_STRIDE bytes apart: OUT[d] = sum_i P[i] * V[i][d] for i < N, in the
+ * order of rt_k_attn_pv_ggml (bitwise on AVX2 and NEON, whose axpy is an
+ * FMA), vectorized. With F16, P[i] is rounded to F16 first (llama.cpp
+ * converts the probabilities to the cache type). ACC: scratch of
+ * RT_K_ATTN_PV_SLOTS * HD floats. */
+#define RT_K_ATTN_PV_SLOTS 32
+void rt_k_attn_pv(uint32_t vtype, const float *p, int64_t n, const void *v, size_t v_stride,
+		  int64_t hd, bool batched, float *acc, float *out);
 /* OUT = silu(GATE) * UP, silu(g) = g / (1 + exp(-g)). OUT may alias GATE. */
 void rt_k_swiglu(float *out, const float *gate, const float *up, int64_t n);
 /* In place silu. */

@@ -42,6 +42,7 @@ enum rt_rmsg_type {
 	RT_RMSG_STATS = 3,
 	RT_RMSG_SHUTDOWN = 4,
 	RT_RMSG_CANCEL = 5,
+	RT_RMSG_PREDICT = 6,  /* feature rows */
 	/* runner -> supervisor */
 	RT_RMSG_READY = 64,   /* load finished: code 0 or the open error; text = model */
 	RT_RMSG_PONG = 65,
@@ -49,6 +50,7 @@ enum rt_rmsg_type {
 	RT_RMSG_DONE = 67,    /* result */
 	RT_RMSG_ERROR = 68,   /* code + text */
 	RT_RMSG_STATS_R = 69, /* stats */
+	RT_RMSG_PREDICTION = 70, /* predict result */
 };
 
 /* One decoded message. Which fields are set depends on TYPE. Strings are
@@ -67,6 +69,11 @@ struct rt_rmsg {
 	struct rt_gen_result res; /* res.text aliases TEXT (do not free it) */
 	/* STATS_R */
 	struct rt_backend_stats stats;
+	/* PREDICT: the rows (values owned by the message) */
+	struct rt_predict_request preq;
+	/* PREDICTION: the result (values owned by the message: do not free) */
+	struct rt_predict_result pres;
+	float *fstore;
 	/* owned storage */
 	struct rt_chat_msg *msgs_store;
 	char **strs;
@@ -100,7 +107,8 @@ int rt_runner_main(int fd, const char *backend, const char *model_path,
 		   const struct rt_backend_opts *opts);
 
 /* Command line of runner mode: parse ARGV ("--fd N --backend NAME --model PATH
- * [--threads N] [--ctx N] [--mem-bytes N]", as built by rt_runner_start) and run
+ * [--threads N] [--ctx N] [--mem-bytes N] [--backend-config JSON]", as built by
+ * rt_runner_start) and run
  * rt_runner_main(). Returns a process exit status (0 ok, 2 usage, 1 error).
  * For the agent's "runner" subcommand and test programs. */
 int rt_runner_cli(int argc, char **argv);
@@ -142,6 +150,7 @@ struct rt_runner_config {
 	const char *exe;
 	const char *backend;
 	const char *model_path;
+	const char *backend_config; /* rt_backend_opts.config ("--backend-config"); NULL: none */
 	struct rt_runner_limits limits;
 };
 
@@ -152,6 +161,8 @@ struct rt_runner_status {
 	uint32_t n_starts;         /* processes started */
 	uint32_t n_crashes;        /* unexpected exits, heartbeat and timeout kills */
 	uint32_t n_requests, n_failed;
+	uint32_t n_rejected;       /* requests the backend refused as invalid (-EINVAL,
+				    * -FL_ERANGE, -FL_ETOOBIG, -FL_EUNSUPPORTED): not failures */
 	int last_error;            /* last load error or request failure cause */
 	int last_exit_status;      /* exit code of the last child, -1 if signalled */
 	int last_exit_signal;      /* signal that ended it, 0 if none */
@@ -185,6 +196,14 @@ int rt_runner_wait_ready(struct rt_runner *r, int timeout_ms);
 int rt_runner_generate(struct rt_runner *r, const struct rt_gen_request *req,
 		       struct rt_gen_result *ret);
 
+/* Predict REQ's feature rows on the runner (queued like a generate request).
+ * Errors as rt_runner_generate(), plus -FL_EUNSUPPORTED (the model does not
+ * predict) and -EINVAL (rows that do not fit the model); WHY (if WHY_LEN >
+ * 0) gets the backend's message for them. Free *RET with
+ * rt_predict_result_free(). */
+int rt_runner_predict(struct rt_runner *r, const struct rt_predict_request *req,
+		      struct rt_predict_result *ret, char *why, size_t why_len);
+
 /* The backend's statistics, asked from the runner (queued like a request).
  * Errors as rt_runner_generate(). */
 int rt_runner_backend_stats(struct rt_runner *r, struct rt_backend_stats *ret_stats);
@@ -192,11 +211,28 @@ int rt_runner_backend_stats(struct rt_runner *r, struct rt_backend_stats *ret_st
 /* Supervisor counters and state. Never fails for a valid handle. */
 void rt_runner_get_status(struct rt_runner *r, struct rt_runner_status *ret_status);
 
+/* Latency of the requests that succeeded (generate and predict), from the
+ * call to the answer (queue time included): a histogram of
+ * RT_RUNNER_LAT_BUCKETS counters, 8 per doubling of microseconds (bucket i
+ * holds latencies below 2^((i+1)/8) us). Subtract two copies to judge a
+ * window (the install trial does). */
+#define RT_RUNNER_LAT_BUCKETS 256
+void rt_runner_latency(struct rt_runner *r, uint32_t hist[RT_RUNNER_LAT_BUCKETS]);
+/* Quantile Q (0..1) of HIST in milliseconds: the upper edge of the bucket
+ * holding it (at most 9 % above the true value); 0 for an empty HIST. */
+double rt_latency_quantile_ms(const uint32_t hist[RT_RUNNER_LAT_BUCKETS], double q);
+
 /* Last lines the runner processes wrote to stderr (a ring of
  * RT_RUNNER_STDERR_BYTES, oldest first), NUL-terminated in BUF (truncated
  * to SIZE). Returns the length copied. */
 #define RT_RUNNER_STDERR_BYTES 4096
 size_t rt_runner_stderr_tail(struct rt_runner *r, char *buf, size_t size);
+
+/* The end of the stderr ring as it was when the last crash was counted (the
+ * dead runner's last words, before a restarted one writes more), at most
+ * RT_RUNNER_CRASH_TAIL_BYTES - 1 bytes; "" before any crash. */
+#define RT_RUNNER_CRASH_TAIL_BYTES 1024
+size_t rt_runner_crash_tail(struct rt_runner *r, char *buf, size_t size);
 
 /* Leave CRASH_LOOP / LOAD_FAILED and start a fresh runner (after the
  * operator fixed the cause or a new model was installed). -FL_ESTATE in

@@ -2,7 +2,8 @@
  *
  * Endpoints (docs/serving.md): POST /v1/completions, POST /v1/chat/completions
  * (with "stream": true: server-sent events "data: {...}\n\n" ... "data:
- * [DONE]\n\n"), GET /v1/models, GET /healthz, GET /v1/status. Listeners: TCP
+ * [DONE]\n\n"), POST /v1/predict (feature rows of a tabular model), GET
+ * /v1/models, GET /healthz, GET /v1/status. Listeners: TCP
  * (meant for loopback, optional bearer token) and/or a UNIX socket (access by
  * file mode). Errors use OpenAI's shape {"error": {"message", "type", "param",
  * "code"}}: 400 bad request or over a limit, 401 bad token, 404 unknown
@@ -26,6 +27,17 @@
 
 #define RT_SERVE_MODEL_ID_BYTES 64
 
+/* One finished generate request, for telemetry (rt_serve_ops.observe). */
+struct rt_serve_obs {
+	const char *model;                /* the id the request was routed to */
+	int err;                          /* 0 or the runner's error */
+	int64_t latency_us;               /* runner call to answer, queue time included */
+	size_t request_bytes;             /* HTTP body size */
+	const struct rt_gen_request *req; /* sampling, max_tokens, prompt/messages */
+	const struct rt_gen_result *res;  /* NULL when err < 0 */
+	const struct rt_predict_result *pred; /* /v1/predict: set instead of req/res */
+};
+
 struct rt_serve_ops {
 	/* Runner for MODEL (the request's "model", "" if absent). On success
 	 * the runner must stay valid until release() is called with it.
@@ -39,6 +51,9 @@ struct rt_serve_ops {
 	/* /v1/status body: a JSON object (versions, slot, state, ...) written
 	 * NUL-terminated in BUF. Optional (NULL: {}). Returns 0 or an error. */
 	int (*status_json)(void *userdata, char *buf, size_t size);
+	/* Optional: called after every generate request that reached RUNNER
+	 * (still acquired), on the request's thread; must be quick. */
+	void (*observe)(void *userdata, struct rt_runner *runner, const struct rt_serve_obs *obs);
 };
 
 struct rt_serve_config {
@@ -51,15 +66,19 @@ struct rt_serve_config {
 	int max_tokens_limit;      /* requests asking for more get 400; 0: 4096 */
 	int default_max_tokens;    /* when the request gives none; 0: 256 */
 	int max_connections;       /* 0: 64 */
+	int max_predict_rows;      /* rows of one /v1/predict; 0: 10000 */
 	struct rt_serve_ops ops;   /* acquire, release and list_models are required */
 	void *userdata;
 };
 
 struct rt_serve;
 
-/* Start listening (threads of libmicrohttpd). Errors: -EINVAL (no listener,
- * missing ops, bad address), -EADDRINUSE and other socket errors, -ENOMEM,
- * -FL_ENET (libmicrohttpd refused to start). Caller stops with
+/* Start listening. The sockets are bound and listening on return;
+ * libmicrohttpd is loaded (dlopen) and its threads started when the first
+ * connection arrives (FLOTILLA_SERVE_EAGER=1 in the environment: at once).
+ * Errors: -EINVAL (no listener, missing ops, bad address), -EADDRINUSE and
+ * other socket errors, -ENOMEM; eager only: -FL_EUNSUPPORTED (libmicrohttpd
+ * not installed), -FL_ENET (it refused to start). Caller stops with
  * rt_serve_stop(). */
 int rt_serve_start(const struct rt_serve_config *cfg, struct rt_serve **ret_serve);
 

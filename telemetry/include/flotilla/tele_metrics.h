@@ -85,8 +85,12 @@ bool tele_quality_is_refusal(const char *text, size_t len);
  * tests). Each *_psi is the population stability index
  * sum (c_i - b_i) ln(c_i / b_i) over bucket shares, with empty buckets
  * smoothed to 1e-4; < 0.1 is usually read as stable, > 0.25 as a shift.
- * A figure is -1 when either side has fewer than TELE_DRIFT_MIN_SAMPLES. */
+ * A figure is -1 when either side has fewer than TELE_DRIFT_MIN_SAMPLES,
+ * except the rate deltas, whose baseline side needs only
+ * TELE_DRIFT_MIN_BASELINE_OUTPUTS: the baseline is the acceptance tests'
+ * outputs, which a manifest usually has a handful of (docs/telemetry.md). */
 #define TELE_DRIFT_MIN_SAMPLES 20
+#define TELE_DRIFT_MIN_BASELINE_OUTPUTS 1
 
 struct tele_drift {
 	double len_psi;            /* output length distribution */

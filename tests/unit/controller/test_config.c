@@ -132,10 +132,39 @@ static void test_config_mqtt(void **state)
 	free(dir);
 }
 
+/* Store selection: sqlite by default, postgresql with a DSN. */
+static void test_config_store(void **state)
+{
+	(void)state;
+	dir = fl_test_mkdtemp("ctl-config-store");
+	struct ctl_config cfg;
+	char err[256] = "";
+	assert_int_equal(load("[controller]\ndata_dir = /x\n", &cfg, err), 0);
+	assert_null(cfg.store_dsn);
+	ctl_config_free(&cfg);
+	assert_int_equal(load("[controller]\ndata_dir = /x\nstore = postgresql\n"
+			      "store_dsn = host=127.0.0.1 port=5432 dbname=fl\n",
+			      &cfg, err),
+			 0);
+	assert_string_equal(cfg.store_dsn, "host=127.0.0.1 port=5432 dbname=fl");
+	ctl_config_free(&cfg);
+	assert_int_equal(load("[controller]\ndata_dir = /x\nstore = postgresql\n", &cfg, err),
+			 -FL_ECONFIG);
+	assert_non_null(strstr(err, "needs store_dsn"));
+	assert_int_equal(load("[controller]\ndata_dir = /x\nstore = mysql\n", &cfg, err),
+			 -FL_ECONFIG);
+	assert_non_null(strstr(err, "sqlite or postgresql"));
+	assert_int_equal(load("[controller]\ndata_dir = /x\nstore_dsn = host=a\n", &cfg, err),
+			 -FL_ECONFIG);
+	fl_rm_rf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config),
+		cmocka_unit_test(test_config_store),
 		cmocka_unit_test(test_config_mqtt),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

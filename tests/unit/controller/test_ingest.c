@@ -149,7 +149,7 @@ static void test_gaps_and_drops(void **state)
 
 	/* After a restart the tracker continues above the stored highest. */
 	ctl_free(c);
-	struct ctl_opts o = {.data_dir = dir};
+	struct ctl_opts o = {.data_dir = dir, .store_dsn = ctu_store_dsn()};
 	assert_int_equal(ctl_open(&o, &c), 0);
 	char *b5 = batch("d2", STREAM, 10, 11, 0, 0, 0);
 	assert_int_equal(ingest(c, "d2", b5), 2);
@@ -214,7 +214,7 @@ static void test_batching(void **state)
 	assert_int_equal(ingest(c, "d3", b), 2);
 	free(b);
 	ctl_free(c);
-	struct ctl_opts o2 = {.data_dir = dir};
+	struct ctl_opts o2 = {.data_dir = dir, .store_dsn = ctu_store_dsn()};
 	assert_int_equal(ctl_open(&o2, &c), 0);
 	cJSON *root = NULL;
 	cJSON *t = tele_of(c, "d3", &root);

@@ -4,8 +4,12 @@
  * engine's send hook. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ctl_testutil.h"
 
@@ -126,23 +130,7 @@ static void answer(struct ctl *c, struct cap *k, size_t from, const char *state)
 static int audit_rows(struct ctl *c, const char *dir, const char *action, const char *like)
 {
 	(void)c;
-	char path[512];
-	snprintf(path, sizeof(path), "%s/controller.db", dir);
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-	sqlite3_stmt *st = NULL;
-	assert_int_equal(sqlite3_prepare_v2(db,
-					    "SELECT COUNT(*) FROM audit WHERE action = ?1"
-					    " AND reason LIKE ?2",
-					    -1, &st, NULL),
-			 SQLITE_OK);
-	sqlite3_bind_text(st, 1, action, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, like, -1, SQLITE_STATIC);
-	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	int n = sqlite3_column_int(st, 0);
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return n;
+	return ctu_audit_rows(dir, action, like);
 }
 
 #define SPEC_GOOD                                                                                \
@@ -304,7 +292,7 @@ static void test_restart(void **state)
 	struct cap k = {0};
 	assert_int_equal(ctl_rollout_tick(c, 1000, capture, &k), 2);
 	ctl_free(c);
-	struct ctl_opts o = {.data_dir = dir};
+	struct ctl_opts o = {.data_dir = dir, .store_dsn = ctu_store_dsn()};
 	assert_int_equal(ctl_open(&o, &c), 0);
 	assert_int_equal(ctl_rollout_tick(c, 1001, capture, &k), 0); /* not sent again */
 	answer(c, &k, 0, "COMMITTED");
@@ -314,6 +302,76 @@ static void test_restart(void **state)
 	assert_int_equal(ctl_rollout_tick(c, 1040, capture, &k), 8); /* soak survived */
 	assert_field(c, id, "wave", "1");
 	ctu_close(c, dir);
+}
+
+/* Two controller instances on one PostgreSQL store: only the leader (a
+ * child process here) ticks; when it is killed mid-rollout (SIGKILL, after
+ * wave 1 was sent) the other takes the lock over and continues where the
+ * store says, sending nothing twice. SQLite: always the leader. */
+static void test_two_instances(void **state)
+{
+	(void)state;
+	char *dir;
+	struct ctl *a = ctu_open("ctl-ro-two", NULL, &dir);
+	struct ctl_store *st = ctl_get_store(a);
+	if (!ctu_store_dsn()) {
+		assert_int_equal(st->ops->engine_leader(st), 1);
+		ctu_close(a, dir);
+		return;
+	}
+	add_bundle(a);
+	fleet(a, 20, "s1");
+	int64_t id = create(a, SPEC_GOOD);
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(fds[0]);
+		struct ctl_opts o = {.data_dir = dir, .store_dsn = ctu_store_dsn()};
+		struct ctl *b = NULL;
+		static struct cap kb;
+		int n = ctl_open(&o, &b) == 0 ? ctl_rollout_tick(b, 1000, capture, &kb) : -1000;
+		if (write(fds[1], &n, sizeof(n)) != sizeof(n) || write(fds[1], &kb, sizeof(kb)) < 0)
+			_exit(1);
+		for (;;)
+			pause(); /* killed by the parent */
+	}
+	close(fds[1]);
+	int n = 0;
+	static struct cap k;
+	assert_int_equal(read(fds[0], &n, sizeof(n)), sizeof(n));
+	size_t got = 0;
+	while (got < sizeof(k)) {
+		ssize_t r = read(fds[0], (char *)&k + got, sizeof(k) - got);
+		assert_true(r > 0);
+		got += (size_t)r;
+	}
+	close(fds[0]);
+	assert_int_equal(n, 2); /* the child leads: wave 1 (10% of 20) */
+	assert_int_equal(k.n, 2);
+	struct cap none = {0};
+	assert_int_equal(ctl_rollout_tick(a, 1001, capture, &none), 0); /* follower */
+	assert_int_equal(none.n, 0);
+	assert_int_equal(st->ops->engine_leader(st), 0);
+
+	assert_int_equal(kill(pid, SIGKILL), 0);
+	assert_int_equal(waitpid(pid, NULL, 0), pid);
+	/* The server frees the dead session's lock; bounded wait for it. */
+	int lead = 0;
+	for (int i = 0; i < 500 && (lead = st->ops->engine_leader(st)) == 0; i++)
+		nanosleep(&(struct timespec){0, 20 * 1000000L}, NULL);
+	assert_int_equal(lead, 1);
+	answer(a, &k, 0, "COMMITTED");
+	assert_int_equal(ctl_rollout_tick(a, 1002, capture, &k), 0); /* soaking, none resent */
+	assert_int_equal(k.n, 2);
+	assert_int_equal(ctl_rollout_tick(a, 1032, capture, &k), 8); /* wave 2 by the new leader */
+	assert_field(a, id, "wave", "1");
+	for (size_t i = 0; i < k.n; i++)
+		for (size_t j = 0; j < i; j++)
+			assert_string_not_equal(k.dev[i], k.dev[j]);
+	assert_int_equal(ctu_audit_rows(dir, "rollout.deploy", "%sent to s1-%"), 10);
+	ctu_close(a, dir);
 }
 
 static void test_bad_input(void **state)
@@ -523,6 +581,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_release),   cmocka_unit_test(test_bad_release_halts),
 		cmocka_unit_test(test_operator_actions), cmocka_unit_test(test_restart),
+		cmocka_unit_test(test_two_instances),
 		cmocka_unit_test(test_bad_input),	 cmocka_unit_test(test_http_api),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -21,7 +21,8 @@ static const char valid[] =
 	"\"description\":\"fine-tune of\\nthe week\","
 	"\"compatibility\":{\"arch\":[\"x86_64\",\"aarch64\"],\"min_ram_mb\":512,"
 	"\"accelerator\":\"none\",\"backend\":\"gguf\"},"
-	"\"runtime\":{\"context_length\":2048,\"threads\":4,\"limits\":{\"max_rss_mb\":800},"
+	"\"runtime\":{\"context_length\":2048,\"threads\":4,\"limits\":{\"memory_mb\":800,"
+	"\"request_timeout_ms\":30000,\"max_queue\":4},"
 	"\"stop\":[\"</s>\"],\"mmap\":true},"
 	"\"acceptance\":[{\"name\":\"greet\",\"prompt\":\"Hello\",\"expect\":\"Hi\","
 	"\"max_tokens\":16,\"latency_budget_ms\":2000,\"memory_budget_mb\":600},"
@@ -281,6 +282,28 @@ static char *repeat(const char *item, size_t n)
 	return s;
 }
 
+/* The runtime settings at the ends of their ranges are accepted. */
+static void test_runtime_limits_bounds(void **state)
+{
+	(void)state;
+	static const char *const ok[][2] = {
+		{"limits", "{\"memory_mb\":16,\"request_timeout_ms\":3600000,\"max_queue\":1}"},
+		{"limits", "{\"memory_mb\":16777216,\"request_timeout_ms\":1,\"max_queue\":4096}"},
+		{"limits", "{}"},
+		{"threads", "256"},
+		{"context_length", "16"},
+	};
+	for (size_t i = 0; i < FL_ARRAY_SIZE(ok); i++) {
+		char *json = variant("runtime", ok[i][0], ok[i][1]);
+		struct ota_manifest *m = NULL;
+		int r = ota_manifest_parse(json, strlen(json), &m);
+		if (r < 0)
+			fail_msg("runtime.%s = %s: %s", ok[i][0], ok[i][1], fl_strerror(r));
+		ota_manifest_free(m);
+		free(json);
+	}
+}
+
 static void test_bad_inputs(void **state)
 {
 	char *files_many = NULL, *tests_many = NULL, *arch_many = NULL, *deep = NULL;
@@ -344,6 +367,24 @@ static void test_bad_inputs(void **state)
 		{"runtime null value", "runtime", "x", "null", -FL_ESCHEMA},
 		{"runtime bad key", "runtime", NULL, "{\"bad key\":1}", -FL_ESCHEMA},
 		{"runtime too deep", "runtime", NULL, deep, -FL_ETOODEEP},
+		/* the settings the agent reads (agent/src/serving.c): range-checked */
+		{"threads 0", "runtime", "threads", "0", -FL_ERANGE},
+		{"threads 257", "runtime", "threads", "257", -FL_ERANGE},
+		{"threads as string", "runtime", "threads", "\"4\"", -FL_ESCHEMA},
+		{"context_length 8", "runtime", "context_length", "8", -FL_ERANGE},
+		{"context_length 1.5", "runtime", "context_length", "1.5", -FL_ERANGE},
+		{"limits not object", "runtime", "limits", "5", -FL_ESCHEMA},
+		{"max_queue 0", "runtime", "limits", "{\"max_queue\":0}", -FL_ERANGE},
+		{"max_queue 4097", "runtime", "limits", "{\"max_queue\":4097}", -FL_ERANGE},
+		{"max_queue negative", "runtime", "limits", "{\"max_queue\":-1}", -FL_ERANGE},
+		{"memory_mb 15", "runtime", "limits", "{\"memory_mb\":15}", -FL_ERANGE},
+		{"memory_mb 1e300", "runtime", "limits", "{\"memory_mb\":1e300}", -FL_ERANGE},
+		{"request_timeout_ms 0", "runtime", "limits", "{\"request_timeout_ms\":0}",
+		 -FL_ERANGE},
+		{"request_timeout_ms > 1 h", "runtime", "limits",
+		 "{\"request_timeout_ms\":3600001}", -FL_ERANGE},
+		{"unknown limit max_rss_mb", "runtime", "limits", "{\"max_rss_mb\":800}",
+		 -FL_ESCHEMA},
 		{"acceptance not array", "acceptance", NULL, "{}", -FL_ESCHEMA},
 		{"too many tests", "acceptance", NULL, tests_many, -FL_ETOOBIG},
 		{"test without prompt", "acceptance", "prompt", NULL, -FL_ESCHEMA},
@@ -420,7 +461,7 @@ int main(void)
 		cmocka_unit_test(test_parse_valid), cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_build),	    cmocka_unit_test(test_template),
 		cmocka_unit_test(test_check_time),  cmocka_unit_test(test_paths),
-		cmocka_unit_test(test_bad_inputs),
+		cmocka_unit_test(test_bad_inputs),  cmocka_unit_test(test_runtime_limits_bounds),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

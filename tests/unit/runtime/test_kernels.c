@@ -336,6 +336,11 @@ static void matmul_case(void)
 					}
 					float want = rt_k_vec_dot(type, n, w + (size_t)r * rb, xq + (size_t)ti * xs);
 					assert_true(fabsf(got - want) <= 1e-5f * (fabsf(want) + 1.0f));
+					/* quantized types: the batched (4-token) kernels
+					 * add in the single-row order, bitwise */
+					if (rt_k_block_elems(type) > 1 && memcmp(&got, &want, sizeof(got)) != 0)
+						fail_msg("type %u nt %d token %d row %d: %.9g vs %.9g", type,
+							 (int)nt, (int)ti, (int)r, (double)got, (double)want);
 				}
 			}
 		}
@@ -505,6 +510,15 @@ static void test_ggml_order(void **state)
 		rt_kernels_force_scalar(false);
 		assert_memory_equal(o1, o2, sizeof(float) * (size_t)n);
 	}
+	/* the SIMD emulations of ggml's F32 order (AVX2, NEON) == the scalar
+	 * one, bitwise */
+	for (int n = 8; n <= 2048 + 40; n += 333) {
+		float s1 = rt_k_dot_f32_ggml(n, a, b);
+		rt_kernels_force_scalar(true);
+		float s2 = rt_k_dot_f32_ggml(n, a, b);
+		rt_kernels_force_scalar(false);
+		assert_memory_equal(&s1, &s2, sizeof(s1));
+	}
 	/* F32 single-token matmul == rt_k_dot_f32_ggml, bitwise */
 	for (int n = 8; n <= 2048 + 40; n += 520) {
 		float y[3];
@@ -546,6 +560,157 @@ static void test_ggml_order(void **state)
 		if (n <= 8)
 			assert_memory_equal(out1, out2, sizeof(out1));
 	}
+}
+
+/* rt_k_attn_pv (the engine's vectorized attention value sum, F32 and F16
+ * caches) against the scalar ggml-order reference rt_k_attn_pv_ggml:
+ * bitwise where axpy is an FMA (AVX2, NEON), close otherwise; and the F16
+ * score dots in both llama.cpp orders against double. */
+static void attn_pv_case(void)
+{
+	enum { HD = 64, NMAX = 300, ST = 72 };
+	static float v[NMAX * ST], acc[RT_K_ATTN_PV_SLOTS * HD];
+	static uint16_t vh[NMAX * ST];
+	static float vhf[NMAX * ST];
+	float p[NMAX], ph[NMAX], out1[HD], out2[HD];
+	const bool fma_axpy = rt_kernels_isa() != RT_ISA_SCALAR;
+	fill_f(v, NMAX * ST, 1.0f);
+	rt_k_f32_to_f16(v, vh, NMAX * ST);
+	for (int i = 0; i < NMAX * ST; i++)
+		vhf[i] = rt_fp16_to_fp32(vh[i]);
+	for (int n = 1; n <= NMAX; n += 29) {
+		for (int i = 0; i < n; i++) {
+			p[i] = fabsf(rnd_f());
+			ph[i] = rt_fp16_to_fp32(rt_fp32_to_fp16(p[i]));
+		}
+		for (int batched = 0; batched < 2; batched++) {
+			/* F32 cache */
+			rt_k_attn_pv_ggml(p, n, v, ST, HD, batched, out1);
+			memset(out2, 0x7f, sizeof(out2));
+			rt_k_attn_pv(RT_GGML_TYPE_F32, p, n, v, ST * sizeof(float), HD, batched, acc, out2);
+			for (int d = 0; d < HD; d++) {
+				if (fma_axpy && memcmp(&out1[d], &out2[d], sizeof(float)) != 0)
+					fail_msg("f32 n %d batched %d d %d: %.9g vs %.9g", n, batched, d,
+						 (double)out1[d], (double)out2[d]);
+				assert_true(fabsf(out1[d] - out2[d]) <= 1e-5f * (1.0f + fabsf(out1[d])));
+			}
+			/* F16 cache: probabilities rounded to F16 */
+			rt_k_attn_pv_ggml(ph, n, vhf, ST, HD, batched, out1);
+			rt_k_attn_pv(RT_GGML_TYPE_F16, p, n, vh, ST * sizeof(uint16_t), HD, batched, acc, out2);
+			for (int d = 0; d < HD; d++) {
+				if (fma_axpy && memcmp(&out1[d], &out2[d], sizeof(float)) != 0)
+					fail_msg("f16 n %d batched %d d %d: %.9g vs %.9g", n, batched, d,
+						 (double)out1[d], (double)out2[d]);
+				assert_true(fabsf(out1[d] - out2[d]) <= 1e-5f * (1.0f + fabsf(out1[d])));
+			}
+		}
+	}
+	/* F16 dots: both orders close to double; the same lane order as
+	 * rt_k_dot_f32_ggml on the converted values where SIMD */
+	for (int n = 8; n <= 2048; n += 248) {
+		double ref = 0, mag = 0;
+		for (int i = 0; i < n; i++) {
+			ref += (double)vhf[i] * vhf[ST + i];
+			mag += fabs((double)vhf[i] * vhf[ST + i]);
+		}
+		for (int batched = 0; batched < 2; batched++) {
+			float got = rt_k_dot_f16_ggml(n, vh, vh + ST, batched);
+			assert_true(fabs(got - ref) <= 2e-6 * mag + 1e-6);
+		}
+		if (fma_axpy && rt_kernels_isa() == RT_ISA_AVX2) {
+			float a = rt_k_dot_f16_ggml(n, vh, vh + ST, false);
+			float b = rt_k_dot_f32_ggml(n, vhf, vhf + ST);
+			if (n % 32 == 0)
+				assert_memory_equal(&a, &b, sizeof(a));
+		}
+	}
+}
+
+static void test_attn_pv(void **state)
+{
+	(void)state;
+	run_isas(attn_pv_case);
+}
+
+/* Q4_K in llama.cpp's repacked orders (RT_K_GGML_REPACK): the first
+ * nt - nt % 4 tokens of a batch in the gemm order (one FMA per 64 values,
+ * mins apart), the rest and single tokens in the gemv order (one FMA per
+ * block); both against an independent per-64 implementation here and
+ * against double. */
+static float q4k_gemm_ref(int64_t n, const struct rt_block_q4_k *w, const struct rt_block_q8_k *x)
+{
+	float acc = 0, accm = 0;
+	for (int64_t b = 0; b < n / 256; b++) {
+		uint8_t sc[8], mn[8];
+		const uint8_t *s = w[b].scales;
+		for (int j = 0; j < 8; j++) {
+			sc[j] = j < 4 ? (s[j] & 63) : (uint8_t)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
+			mn[j] = j < 4 ? (s[j + 4] & 63) : (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+		}
+		for (int p = 0; p < 4; p++) {
+			int32_t si = 0, sm = 0;
+			for (int h = 0; h < 2; h++) {
+				int j = 2 * p + h;
+				int32_t sum = 0, xs = 0;
+				for (int l = 0; l < 32; l++) {
+					uint8_t byte = w[b].qs[32 * p + l];
+					int q = h ? byte >> 4 : byte & 0xF;
+					sum += q * x[b].qs[32 * j + l];
+					xs += x[b].qs[32 * j + l];
+				}
+				si += sc[j] * sum;
+				sm += mn[j] * xs;
+			}
+			acc = fmaf((float)si, rt_fp16_to_fp32(w[b].d) * x[b].d, acc);
+			accm = fmaf((float)sm, rt_fp16_to_fp32(w[b].dmin) * x[b].d, accm);
+		}
+	}
+	return acc - accm;
+}
+
+static void test_repack_order(void **state)
+{
+	(void)state;
+	enum { N = 512, ROWS = 8, NT = 6 };
+	const uint32_t wt = RT_GGML_TYPE_Q4_K | RT_K_GGML_REPACK;
+	uint8_t *w = make_weights(RT_GGML_TYPE_Q4_K, ROWS, N, false);
+	const size_t rb = rt_k_row_bytes(RT_GGML_TYPE_Q4_K, N);
+	const size_t xs = rt_k_row_bytes(RT_GGML_TYPE_Q8_K, N);
+	assert_int_equal(rt_k_dot_type(wt), RT_GGML_TYPE_Q8_K);
+	static uint8_t xq[NT * 2048];
+	float x[N], y[NT * ROWS];
+	for (int t = 0; t < NT; t++) {
+		fill_f(x, N, 1.0f);
+		rt_k_quantize_act(wt, x, xq + (size_t)t * xs, N);
+	}
+	rt_k_matmul(wt, w, rb, N, 0, ROWS, xq, xs, NT, y, ROWS);
+	for (int t = 0; t < NT; t++) {
+		const void *xt = xq + (size_t)t * xs;
+		for (int r = 0; r < ROWS; r++) {
+			const void *wr = w + (size_t)r * rb;
+			float want = t < NT - NT % 4 ? q4k_gemm_ref(N, wr, xt) : rt_k_vec_dot(wt, N, wr, xt);
+			if (memcmp(&want, &y[t * ROWS + r], sizeof(float)) != 0)
+				fail_msg("token %d row %d: %.9g vs %.9g", t, r, (double)y[t * ROWS + r],
+					 (double)want);
+			double a[N], b[N], ref = 0, mag = 0;
+			float wf[N];
+			assert_int_equal(rt_dequantize_row_ref(RT_GGML_TYPE_Q4_K, wr, wf, N), 0);
+			deq_act(RT_GGML_TYPE_Q8_K, xt, N, b);
+			for (int i = 0; i < N; i++) {
+				a[i] = wf[i];
+				ref += a[i] * b[i];
+				mag += fabs(a[i] * b[i]);
+			}
+			assert_true(fabs(want - ref) <= 2e-5 * mag + 1e-6);
+		}
+	}
+	/* a single token (decode) is the gemv order */
+	rt_k_matmul(wt, w, rb, N, 0, ROWS, xq, xs, 1, y, ROWS);
+	for (int r = 0; r < ROWS; r++) {
+		float want = rt_k_vec_dot(wt, N, w + (size_t)r * rb, xq);
+		assert_memory_equal(&want, &y[r], sizeof(float));
+	}
+	free(w);
 }
 
 static void test_rope(void **state)
@@ -594,6 +759,8 @@ int main(void)
 		cmocka_unit_test(test_elementwise),
 		cmocka_unit_test(test_rope),
 		cmocka_unit_test(test_ggml_order),
+		cmocka_unit_test(test_attn_pv),
+		cmocka_unit_test(test_repack_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -159,6 +159,45 @@ static void test_msg_roundtrip(void **state)
 	rt_rmsg_free(d);
 }
 
+/* Generated text carries any bytes: PIECE and DONE go on the wire as valid
+ * UTF-8, NUL and bad sequences replaced by U+FFFD (docs/serving.md). */
+static void test_msg_text_bytes(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in;
+		size_t n;
+		const char *out;
+	} cases[] = {
+		{"\0a", 2, "\xEF\xBF\xBD" "a"},
+		{"\xff\xfe", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},
+		{"x\xe2\x82", 3, "x\xEF\xBF\xBD"},              /* truncated: one U+FFFD */
+		{"\xe2\x82\xac\xc3\xa9", 5, "\xe2\x82\xac\xc3\xa9"}, /* valid: as is */
+		{"\xc0\xaf", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},      /* overlong */
+		{"\xed\xa0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* surrogate */
+		{"\x01\x1f", 2, "\x01\x1f"}, /* control bytes stay (JSON escapes them) */
+		{"", 0, ""},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (int type = 0; type < 2; type++) {
+			struct rt_rmsg m = {.type = type ? RT_RMSG_DONE : RT_RMSG_PIECE, .id = 7};
+			if (type) {
+				m.res.stop_reason = RT_STOP_MAX_TOKENS;
+				m.res.text = (char *)cases[i].in;
+				m.res.text_len = cases[i].n;
+			} else {
+				m.text = (char *)cases[i].in;
+				m.text_len = cases[i].n;
+			}
+			struct rt_rmsg *d = NULL;
+			roundtrip(&m, &d);
+			assert_int_equal(d->text_len, strlen(cases[i].out));
+			assert_string_equal(d->text, cases[i].out);
+			rt_rmsg_free(d);
+		}
+	}
+}
+
 static void test_msg_reject(void **state)
 {
 	(void)state;
@@ -594,6 +633,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_msg_roundtrip),
 		cmocka_unit_test(test_msg_reject),
+		cmocka_unit_test(test_msg_text_bytes),
 		cmocka_unit_test(test_generate_real),
 		cmocka_unit_test(test_fork_mode),
 		cmocka_unit_test(test_killed_mid_request),
