@@ -74,6 +74,18 @@ char *rt_text_clean(const char *s, size_t n, size_t *ret_len)
 	return out;
 }
 
+static bool utf8_valid(const char *s, size_t n)
+{
+	const uint8_t *p = (const uint8_t *)s;
+	for (size_t i = 0; i < n;) {
+		size_t need, k = utf8_prefix(p + i, n - i, &need);
+		if (!need || k != need)
+			return false;
+		i += k;
+	}
+	return true;
+}
+
 size_t rt_utf8_tail(const char *s, size_t n)
 {
 	const uint8_t *p = (const uint8_t *)s;
@@ -600,9 +612,13 @@ int rt_rmsg_decode(const void *payload, size_t len, struct rt_rmsg **ret_msg)
 		break;
 	case RT_RMSG_PIECE:
 		m->text = r_str(&r, m, RT_RMSG_MAX_TEXT_BYTES, &m->text_len);
+		if (m->text && !utf8_valid(m->text, m->text_len)) /* w_text sends no other */
+			r.err = -FL_EPROTO;
 		break;
 	case RT_RMSG_DONE: {
 		m->text = r_str(&r, m, RT_RMSG_MAX_TEXT_BYTES, &m->text_len);
+		if (m->text && !utf8_valid(m->text, m->text_len))
+			r.err = -FL_EPROTO;
 		m->res.text = m->text;
 		m->res.text_len = m->text_len;
 		m->res.n_prompt = r_i32(&r);

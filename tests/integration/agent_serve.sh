@@ -115,7 +115,9 @@ check "both models answered during the run" bash -c "[ $old -gt 0 ] && [ $new -g
 # times, the trial fails and v2 serves again.
 spool "$tmp/v3.tar" v3.tar
 check "v3 served (in trial)" wait_for 60 bash -c "[ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r '.models.tiny.version // empty')\" = 3.0 ]"
-check "v3 is in TRIAL" [ "$(api "http://127.0.0.1:$port/v1/status" | jq -r .models.tiny.state)" = TRIAL ]
+# The API serves v3 as soon as the runner swap commits; the journal moves
+# SWITCHING -> TRIAL right after, so the state is polled, not read once.
+check "v3 is in TRIAL" wait_for 10 bash -c "[ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r .models.tiny.state)\" = TRIAL ]"
 runner_pid() { api "http://127.0.0.1:$port/v1/status" | jq -r '.models.tiny.pid // 0'; }
 for k in 1 2 3; do
   wait_for 10 bash -c "[ \"\$(curl -s -m 5 -H 'Authorization: Bearer s3cret' http://127.0.0.1:$port/v1/status | jq -r '.models.tiny.pid // 0')\" != 0 ]" || true

@@ -196,6 +196,15 @@ static void test_msg_text_bytes(void **state)
 			rt_rmsg_free(d);
 		}
 	}
+	/* the decoder takes nothing else: raw bad bytes in a PIECE are refused */
+	const uint8_t bad[] = {RT_RMSG_PIECE, 7, 0, 0, 0, 2, 0, 0, 0, 'a', 0xff};
+	struct rt_rmsg *x = NULL;
+	assert_int_equal(rt_rmsg_decode(bad, sizeof(bad), &x), -FL_EPROTO);
+	assert_null(x);
+	const uint8_t good[] = {RT_RMSG_PIECE, 7, 0, 0, 0, 2, 0, 0, 0, 0xc3, 0xa9};
+	assert_int_equal(rt_rmsg_decode(good, sizeof(good), &x), 0);
+	assert_string_equal(x->text, "\xc3\xa9");
+	rt_rmsg_free(x);
 }
 
 static void test_msg_reject(void **state)
