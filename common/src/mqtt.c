@@ -43,9 +43,6 @@
 #define WILL_MAX_BYTES (64u << 10)
 #define PATH_MAX_BYTES 4096
 #define URI_MAX_BYTES 512
-/* Room for the fixed header, topic and properties of a PUBLISH on top of
- * the payload when we tell the broker our Maximum Packet Size. */
-#define PACKET_SLACK_BYTES 4096
 #define FREE_DISCONNECT_MS 1000
 
 enum qkind {
@@ -775,11 +772,16 @@ int fl_mqtt_new(const struct fl_mqtt_opts *o, struct fl_mqtt **ret)
 		p.value.integer4 = o->session_expiry_s;
 		if (MQTTProperties_add(&m->connect_props, &p) != 0)
 			r = -ENOMEM;
-		/* The broker must not send us packets we would drop anyway. */
-		MQTTProperty mp = {.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE};
-		mp.value.integer4 = (unsigned)(o->max_msg_bytes + PACKET_SLACK_BYTES);
-		if (r == 0 && MQTTProperties_add(&m->connect_props, &mp) != 0)
-			r = -ENOMEM;
+		/* No Maximum Packet Size in CONNECT, on purpose: mosquitto 2.0.11
+		 * (Debian bookworm) drops a QoS 1 message larger than that
+		 * ("Dropping too large outgoing PUBLISH") but keeps it counted
+		 * against our session's in-flight window, and no PUBACK can ever
+		 * free it: enough of them and the broker delivers nothing more to
+		 * us (seen after a junk flood on a session taken over after a
+		 * restart with persistence). on_message() drops what is over
+		 * max_msg_bytes and acknowledges it, which keeps the flow moving;
+		 * the broker's size limit bounds what reaches us. docs/mqtt.md
+		 * "Message size". */
 	}
 	if (r == 0 && (MQTTAsync_setCallbacks(m->client, m, on_lost, on_message, NULL) !=
 			       MQTTASYNC_SUCCESS ||

@@ -13,9 +13,11 @@
  *
  * Bounds: an incoming message larger than max_msg_bytes, or one that would
  * take the queue past max_queue_msgs / max_queue_bytes, is dropped and
- * counted (stats); the broker is also told our maximum packet size, so it
- * discards far larger messages before they reach us. At most max_inflight
- * publishes are unfinished at a time (fl_mqtt_publish() says -FL_EBUSY). */
+ * counted (stats), and acknowledged. The broker is not told a maximum
+ * packet size (mosquitto 2.0.11 wedges the session when it drops one for
+ * us: docs/mqtt.md "Message size"); its own size limit bounds what arrives.
+ * At most max_inflight publishes are unfinished at a time
+ * (fl_mqtt_publish() says -FL_EBUSY). */
 #ifndef FLOTILLA_MQTT_H
 #define FLOTILLA_MQTT_H
 
