@@ -99,7 +99,9 @@ done
 
 export FL_MQTT_PKI=$P FL_MQTT_PORT=$PORT
 start_ctl() { # [--corrupt N]
-  "$CTL" serve dev1 "$ST" "$@" "$tmp"/v[1-6].tar >>"$tmp/ctl.log" 2>&1 &
+  # Its object store goes under $tmp: it is killed, not stopped, so it
+  # cannot remove the store itself (300 MB per run were left behind).
+  FL_TEST_TMPDIR=$tmp "$CTL" serve dev1 "$ST" "$@" "$tmp"/v[1-6].tar >>"$tmp/ctl.log" 2>&1 &
   ctl_pid=$!
   for _ in $(seq 1 100); do [ -s "$ST" ] && grep -q serving "$tmp/ctl.log" && return 0; sleep 0.1; done
   echo "FAIL: controller did not start"; cat "$tmp/ctl.log"; exit 1
