@@ -79,36 +79,10 @@ static void print_release(const cJSON *r)
 static int call(const char *what, const char *url, const char *token, const char *path,
 		const char *body, long want, bool json)
 {
-	struct cli_http_resp resp = {0};
-	char err[256] = "";
-	int r = body ? cli_http_post_json(url, path, cli_http_token(token), body, &resp, err,
-					  sizeof(err))
-		     : cli_http_request("GET", url, path, cli_http_token(token), NULL, &resp, err,
-					sizeof(err));
-	if (r < 0) {
-		if (err[0])
-			cli_fail(0, "release %s: %s", what, err);
-		else
-			cli_fail(r, "release %s", what);
-		return 1;
-	}
-	_cleanup_free_ char *rbody = resp.body;
-	if (resp.status != want) {
-		char msg[512];
-		const char *e = cli_http_error_text(rbody, resp.len, msg, sizeof(msg));
-		cli_fail(0, "release %s: %s (HTTP %ld)", what, e ? e : "unexpected answer",
-			 resp.status);
-		return 1;
-	}
-	if (json) {
-		fputs(rbody, stdout);
-		return 0;
-	}
 	cJSON *o = NULL;
-	if (fl_json_parse(rbody, resp.len, CLI_HTTP_MAX_RESPONSE, 16, &o) < 0) {
-		cli_fail(0, "release %s: the controller's answer is not JSON", what);
-		return 1;
-	}
+	int r = cli_api_call("release", what, "GET", url, token, path, body, want, json, &o);
+	if (r || !o)
+		return r;
 	const cJSON *list = cJSON_GetObjectItem(o, "releases");
 	if (list) {
 		const cJSON *it;

@@ -11,6 +11,7 @@
 #include <flotilla/json.h>
 #include <flotilla/util.h>
 
+#include "cli.h"
 #include "http_client.h"
 
 #define CONNECT_TIMEOUT_S 10L
@@ -176,4 +177,41 @@ char *cli_http_escape(const char *s)
 	char *out = e ? strdup(e) : NULL;
 	curl_free(e);
 	return out;
+}
+
+int cli_api_call(const char *cmd, const char *what, const char *method, const char *base_url,
+		 const char *token, const char *path, const char *body, long want, bool json,
+		 cJSON **ret)
+{
+	*ret = NULL;
+	struct cli_http_resp resp = {0};
+	char err[256] = "";
+	const char *tok = cli_http_token(token);
+	int r = body ? cli_http_post_json(base_url, path, tok, body, &resp, err, sizeof(err))
+		     : cli_http_request(method, base_url, path, tok, NULL, &resp, err,
+					sizeof(err));
+	if (r < 0) {
+		if (err[0])
+			cli_fail(0, "%s %s: %s", cmd, what, err);
+		else
+			cli_fail(r, "%s %s", cmd, what);
+		return 1;
+	}
+	_cleanup_free_ char *rbody = resp.body;
+	if (resp.status != want) {
+		char msg[512];
+		const char *e = cli_http_error_text(rbody, resp.len, msg, sizeof(msg));
+		cli_fail(0, "%s %s: %s (HTTP %ld)", cmd, what, e ? e : "unexpected answer",
+			 resp.status);
+		return 1;
+	}
+	if (json) {
+		fputs(rbody, stdout);
+		return 0;
+	}
+	if (fl_json_parse(rbody, resp.len, CLI_HTTP_MAX_RESPONSE, 16, ret) < 0) {
+		cli_fail(0, "%s %s: the controller's answer is not JSON", cmd, what);
+		return 1;
+	}
+	return 0;
 }

@@ -3,6 +3,7 @@
 #ifndef FLOTILLA_CLI_HTTP_CLIENT_H
 #define FLOTILLA_CLI_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define CLI_HTTP_MAX_RESPONSE (64u * 1024 * 1024)
@@ -36,6 +37,16 @@ int cli_http_post_json(const char *base_url, const char *path, const char *token
 /* The "error" member of a JSON error body, or NULL (points into BODY's copy
  * in BUF of BUF_LEN bytes). */
 const char *cli_http_error_text(const char *body, size_t len, char *buf, size_t buf_len);
+
+/* One API call as the rollout/release commands make it: METHOD with BODY
+ * (JSON, POSTed when not NULL) to BASE_URL + PATH. Failures (no connection,
+ * a status other than WANT, an answer that is not JSON) are printed as
+ * "CMD WHAT: ..." and give 1. With JSON the answer is printed as it came and
+ * *RET is NULL; otherwise *RET is the parsed answer (caller frees). */
+struct cJSON;
+int cli_api_call(const char *cmd, const char *what, const char *method, const char *base_url,
+		 const char *token, const char *path, const char *body, long want, bool json,
+		 struct cJSON **ret);
 
 /* URL-encode S (caller frees); NULL on out of memory. */
 char *cli_http_escape(const char *s);
