@@ -4,6 +4,7 @@
  * rollout status --watch printing a line per change (stdout not a
  * terminal) until the rollout halts (exit 3). */
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -92,6 +93,23 @@ static void expect_run(const char *args, int code, const char *want)
 	free(out);
 }
 
+/* Wait (up to 20 s) until the file at PATH holds NEEDLE: the watcher
+ * prints on its own clock, so the test moves on only once it has seen the
+ * state it must report (a fixed pause loses states on a loaded machine). */
+static void wait_for_text(const char *path, const char *needle)
+{
+	for (int i = 0; i < 400; i++) {
+		char *text = NULL;
+		size_t len = 0;
+		bool found = fl_read_file(path, 1 << 20, &text, &len) == 0 && strstr(text, needle);
+		free(text);
+		if (found)
+			return;
+		nanosleep(&(struct timespec){.tv_nsec = 50 * 1000000L}, NULL);
+	}
+	fail_msg("%s never showed \"%s\"", path, needle);
+}
+
 static void test_cli(void **state)
 {
 	(void)state;
@@ -160,13 +178,12 @@ static void test_cli(void **state)
 		      "--controller", base, "--token", OT, (char *)NULL);
 		_exit(98);
 	}
-	struct timespec pause = {.tv_sec = 0, .tv_nsec = 300 * 1000000L};
-	nanosleep(&pause, NULL);
+	wait_for_text(wout, "  created");
 	/* Wave 1: 50% of the 5 targets (odd-0: no variant fits). */
 	struct sent k = {0};
 	assert_int_equal(ctl_rollout_tick(c, 1001, capture, &k), 3);
 	assert_int_equal(ctl_rollout_tick(c, 1002, capture, &k), 0); /* counts */
-	nanosleep(&pause, NULL);
+	wait_for_text(wout, "3 attempted");
 	/* All three reject it: the failure gate halts the rollout. */
 	for (int i = 0; i < k.n; i++)
 		device(c, k.dev[i], strncmp(k.dev[i], "x86", 3) ? "aarch64" : "x86_64", "REJECTED",
