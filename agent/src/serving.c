@@ -43,7 +43,58 @@ struct served {
 	uint32_t base_crashes, base_failed, base_requests;
 	uint32_t base_lat[RT_RUNNER_LAT_BUCKETS];
 	uint32_t seen_crashes; /* crashes already logged */
+	enum rt_runner_state seen_state; /* CRASH_LOOP / LOAD_FAILED already reported */
 };
+
+/* The last two lines of the runner's stderr (why it did not load: the
+ * backend's words, then the runner's) into BUF, joined with " | ". */
+static void last_lines(struct rt_runner *r, char *buf, size_t size)
+{
+	char tail[1024];
+	size_t n = rt_runner_stderr_tail(r, tail, sizeof(tail));
+	while (n && tail[n - 1] == '\n')
+		tail[--n] = '\0';
+	char *l = tail + n;
+	for (int lines = 0; l > tail; l--)
+		if (l[-1] == '\n' && ++lines == 2)
+			break;
+	for (char *p = l; *p; p++)
+		if (*p == '\n')
+			*p = '|';
+	fl_strlcpy(buf, l, size);
+}
+
+/* A runner that gave up (CRASH_LOOP) or could not load its model again
+ * after a restart (LOAD_FAILED: e.g. the exec program no longer passes
+ * serve.exec_allow): once per state, a log line and a journal event. */
+static void report_given_up(struct agent *a, struct served *e, const struct rt_runner_status *st)
+{
+	if (st->state != RT_RUNNER_CRASH_LOOP && st->state != RT_RUNNER_LOAD_FAILED) {
+		e->seen_state = 0;
+		return;
+	}
+	if (st->state == e->seen_state)
+		return;
+	e->seen_state = st->state;
+	char why[512];
+	if (st->state == RT_RUNNER_CRASH_LOOP) {
+		snprintf(why, sizeof(why),
+			 "crash loop: %u crashes, the last of them within %.1f s, %u restarts "
+			 "with backoff (last delay %d ms); not restarted",
+			 st->n_crashes, st->crash_loop_ms / 1000.0,
+			 st->n_starts ? st->n_starts - 1 : 0, st->backoff_ms);
+		fl_err("serve %s: %s", e->model, why);
+		agent_event(a, e->model, "serve.crash_loop", e->version, -FL_ECRASH, why);
+	} else {
+		char line[400];
+		last_lines(e->runner, line, sizeof(line));
+		snprintf(why, sizeof(why), "runner restarted but the model did not load: %s",
+			 line[0] ? line : fl_strerror(st->last_error));
+		fl_err("serve %s: %s", e->model, why);
+		agent_event(a, e->model, "serve.failed", e->version,
+			    st->last_error < 0 ? st->last_error : -FL_ESTATE, why);
+	}
+}
 
 struct agent_serving {
 	struct rt_serve_router *router;
@@ -93,6 +144,12 @@ static void refresh_status(struct agent *a)
 			cJSON_AddNumberToObject(o, "failed", st.n_failed);
 			cJSON_AddNumberToObject(o, "crashes", st.n_crashes);
 			cJSON_AddNumberToObject(o, "rejected", st.n_rejected);
+			cJSON_AddNumberToObject(o, "starts", st.n_starts);
+			cJSON_AddNumberToObject(o, "backoff_ms", st.backoff_ms);
+			if (st.state == RT_RUNNER_CRASH_LOOP || st.state == RT_RUNNER_LOAD_FAILED)
+				cJSON_AddStringToObject(o, "error", fl_strerror(st.last_error < 0
+										? st.last_error
+										: -FL_ESTATE));
 			if (st.n_crashes > e->seen_crashes) {
 				/* say why, once per crash: the end of the runner's stderr */
 				char tail[RT_RUNNER_CRASH_TAIL_BYTES];
@@ -112,6 +169,7 @@ static void refresh_status(struct agent *a)
 					rt_runner_state_name(st.state), st.n_crashes, last);
 				e->seen_crashes = st.n_crashes;
 			}
+			report_given_up(a, e, &st);
 		} else {
 			cJSON_AddStringToObject(o, "runner", "none");
 		}
@@ -379,6 +437,7 @@ int64_t agent_serving_commit(struct agent *a, const char *model, struct rt_runne
 	}
 	int64_t routed = fl_mono_ns();
 	e->runner = runner;
+	e->seen_state = 0;
 	/* The slot and version now current. */
 	struct ota_slots *slots = NULL;
 	if (ota_slots_open(a->models_dir, model, &slots) == 0) {

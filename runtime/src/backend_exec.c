@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <limits.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +35,7 @@
 #include "flotilla/backend.h"
 #include "flotilla/error.h"
 #include "flotilla/json.h"
+#include "flotilla/util.h"
 
 #define EXEC_MAX_ARGS 64
 #define EXEC_HEALTH_PERIOD_MS 1000
@@ -366,15 +369,13 @@ static void exec_close(void *impl)
 }
 
 /* The agent puts its serve.exec_allow (comma-separated absolute paths) in
- * FLOTILLA_EXEC_ALLOW for its runners: when it is set, PROG (the manifest's
- * command[0], before substitution) must be one of them exactly. Unset (the
- * runtime used on its own: run-model, benches) nothing is checked. */
-static bool exec_allowed(const char *prog)
+ * FLOTILLA_EXEC_ALLOW for its runners. Unset (the runtime used on its own:
+ * run-model, benches) the list is not checked; the permission checks of
+ * exec_program_check() apply anyway. */
+static bool in_allow_list(const char *list, const char *prog)
 {
-	const char *p = getenv("FLOTILLA_EXEC_ALLOW");
-	if (!p)
-		return true;
 	size_t want = strlen(prog);
+	const char *p = list;
 	while (*p) {
 		while (*p == ' ' || *p == '\t' || *p == ',')
 			p++;
@@ -389,6 +390,90 @@ static bool exec_allowed(const char *prog)
 		p = e;
 	}
 	return false;
+}
+
+/* Owned by root or by us: nobody else can change it. */
+static bool owner_ok(const struct stat *st)
+{
+	return st->st_uid == 0 || st->st_uid == geteuid();
+}
+
+/* Checked at every start of the external program (each runner start, so
+ * every restart too), just before it is executed: PROG (the manifest's
+ * command[0]) must be listed in FLOTILLA_EXEC_ALLOW, and so must the real
+ * path it resolves to now (a symlink swapped, or the program replaced by a
+ * link to a path the list does not name, is refused); the real file must be
+ * a regular executable file owned by root or by us and not writable by
+ * others, and no directory on its real path may be writable by others
+ * (unless sticky, as /tmp) or owned by another user. REAL gets the path to
+ * execute. Errors (and a line on stderr saying why): -FL_EINCOMPAT (not
+ * allowed), -EACCES (permissions), -FL_ECONFIG (not absolute), errno of
+ * realpath/stat. docs/serving.md "exec backend". */
+int rt_exec_program_check(const char *prog, char *real, size_t real_size);
+int rt_exec_program_check(const char *prog, char *real, size_t real_size)
+{
+	const char *allow = getenv("FLOTILLA_EXEC_ALLOW");
+	if (prog[0] != '/') {
+		fprintf(stderr, "exec: command must be an absolute path: %s\n", prog);
+		return -FL_ECONFIG;
+	}
+	if (allow && !in_allow_list(allow, prog)) {
+		fprintf(stderr, "exec: %s is not in the agent's serve.exec_allow\n", prog);
+		return -FL_EINCOMPAT;
+	}
+	char buf[PATH_MAX];
+	if (!realpath(prog, buf)) {
+		int e = -errno;
+		fprintf(stderr, "exec: %s: %s\n", prog, strerror(errno));
+		return e;
+	}
+	if (allow && strcmp(buf, prog) != 0 && !in_allow_list(allow, buf)) {
+		fprintf(stderr,
+			"exec: %s now resolves to %s, which is not in the agent's serve.exec_allow: "
+			"not started\n",
+			prog, buf);
+		return -FL_EINCOMPAT;
+	}
+	struct stat st;
+	if (stat(buf, &st) < 0) {
+		int e = -errno;
+		fprintf(stderr, "exec: %s: %s\n", buf, strerror(errno));
+		return e;
+	}
+	if (!S_ISREG(st.st_mode) || access(buf, X_OK) < 0) {
+		fprintf(stderr, "exec: %s is not an executable file\n", buf);
+		return -EACCES;
+	}
+	if ((st.st_mode & S_IWOTH) || !owner_ok(&st)) {
+		fprintf(stderr, "exec: %s is %s: not started\n", buf,
+			(st.st_mode & S_IWOTH) ? "writable by everyone" : "owned by another user");
+		return -EACCES;
+	}
+	/* every directory from / down to the program's */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", buf);
+	for (char *slash = strrchr(dir, '/'); slash; slash = strrchr(dir, '/')) {
+		if (slash == dir)
+			slash[1] = '\0'; /* "/" itself */
+		else
+			*slash = '\0';
+		if (stat(dir, &st) < 0) {
+			int e = -errno;
+			fprintf(stderr, "exec: %s: %s\n", dir, strerror(errno));
+			return e;
+		}
+		bool open_dir = (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX);
+		if (open_dir || !owner_ok(&st)) {
+			fprintf(stderr, "exec: directory %s of %s is %s: not started\n", dir, buf,
+				open_dir ? "writable by everyone" : "owned by another user");
+			return -EACCES;
+		}
+		if (slash == dir)
+			break;
+	}
+	if (fl_snprintf(real, real_size, "%s", buf) < 0)
+		return -FL_ETOOBIG;
+	return 0;
 }
 
 static int exec_open(const char *model_path, const struct rt_backend_opts *opts, void **ret_impl)
@@ -431,14 +516,11 @@ static int exec_open(const char *model_path, const struct rt_backend_opts *opts,
 	{
 		if (r < 0)
 			break;
-		if (!cJSON_IsString(it) || !it->valuestring[0]) {
+		if (!cJSON_IsString(it) || !it->valuestring[0] ||
+		    (i == 0 && strchr(it->valuestring, '{'))) {
 			r = -FL_ECONFIG;
-			break;
-		}
-		if (i == 0 && !exec_allowed(it->valuestring)) {
-			fprintf(stderr, "exec: %s is not in the agent's serve.exec_allow\n",
-				it->valuestring);
-			r = -FL_EINCOMPAT;
+			fprintf(stderr, "exec: command must be non-empty strings, the program a "
+					"plain path (no {placeholder})\n");
 			break;
 		}
 		x->argv[i] = subst(it->valuestring, model_path, x->port, opts->n_threads, opts->n_ctx);
@@ -446,14 +528,10 @@ static int exec_open(const char *model_path, const struct rt_backend_opts *opts,
 			r = -ENOMEM;
 	}
 	cJSON_Delete(cfg);
-	if (r == 0 && x->argv[0][0] != '/') {
-		fprintf(stderr, "exec: command must be an absolute path: %s\n", x->argv[0]);
-		r = -FL_ECONFIG;
-	}
-	if (r == 0 && access(x->argv[0], X_OK) < 0) {
-		r = -errno;
-		fprintf(stderr, "exec: %s: %s\n", x->argv[0], strerror(-r));
-	}
+	/* at every start: the allow-list and permissions, on the path run */
+	char real[PATH_MAX];
+	if (r == 0)
+		r = rt_exec_program_check(x->argv[0], real, sizeof(real));
 	if (r < 0) {
 		exec_close(x);
 		return r;
@@ -475,11 +553,13 @@ static int exec_open(const char *model_path, const struct rt_backend_opts *opts,
 			dup2(devnull, 0);
 			dup2(2, 1); /* its output ends in the runner's stderr tail */
 		}
-		execv(x->argv[0], x->argv);
+		execv(real, x->argv); /* the path checked, not the link */
 		_exit(127);
 	}
 	/* Ready when the health check answers 200 (llama-server: 503 while
-	 * loading); an exit before that is the load error. */
+	 * loading). An exit before that, or no answer in time, fails the open
+	 * with -FL_ECRASH / -FL_ETIMEOUT, which the supervisor counts as a
+	 * crash (restart with backoff, crash loop), not as a load failure. */
 	int64_t end = now_ms() + ready_ms;
 	for (;;) {
 		int ws;

@@ -337,6 +337,9 @@ static void child_down(struct rt_runner *r, int fail, bool crash)
 		pthread_mutex_unlock(&r->lock);
 		return;
 	}
+	/* a crash long after the last one starts the backoff afresh */
+	if (r->n_crash_t && t - r->crash_t[r->n_crash_t - 1] > r->lim.crash_loop_window_ms)
+		r->consecutive = 0;
 	/* crash loop: crash_loop_n crashes within the window */
 	if (r->n_crash_t == r->lim.crash_loop_n) {
 		memmove(r->crash_t, r->crash_t + 1, (size_t)(r->n_crash_t - 1) * sizeof(int64_t));
@@ -346,16 +349,19 @@ static void child_down(struct rt_runner *r, int fail, bool crash)
 	if (r->n_crash_t >= r->lim.crash_loop_n &&
 	    t - r->crash_t[0] <= r->lim.crash_loop_window_ms) {
 		r->st.state = RT_RUNNER_CRASH_LOOP;
+		r->st.crash_loop_ms = (int)(t - r->crash_t[0]);
 		while (r->head)
 			complete(r, r->head, -FL_ECRASH);
 	} else {
+		/* backoff_min_ms, doubled per consecutive crash, at most backoff_max_ms */
 		int64_t d = r->lim.backoff_min_ms;
-		for (int i = 1; i < r->consecutive && d < r->lim.backoff_max_ms; i++)
+		for (int i = 0; i < r->consecutive && d < r->lim.backoff_max_ms; i++)
 			d *= 2;
 		if (d > r->lim.backoff_max_ms)
 			d = r->lim.backoff_max_ms;
 		r->consecutive++;
 		r->restart_at = t + d;
+		r->st.backoff_ms = (int)d;
 		r->st.state = RT_RUNNER_BACKOFF;
 	}
 	pthread_cond_broadcast(&r->cond);
@@ -367,7 +373,8 @@ static int send_msg(struct rt_runner *r, const struct rt_rmsg *m)
 	return rt_frame_send(r->sock, m);
 }
 
-/* Handle one message from the runner. Returns <0 on a protocol error. */
+/* Handle one message from the runner. Returns <0 on a protocol error, 1
+ * when the runner reported a load failure that counts as a crash. */
 static int on_msg(struct rt_runner *r, struct rt_rmsg *m)
 {
 	struct req *q = r->inflight;
@@ -379,6 +386,12 @@ static int on_msg(struct rt_runner *r, struct rt_rmsg *m)
 			return -FL_EPROTO;
 		}
 		r->load_deadline = 0;
+		if (m->code == -FL_ECRASH || m->code == -FL_ETIMEOUT) {
+			/* the backend's own process died or hung while loading
+			 * (exec: the external server): a crash, not a bad model */
+			pthread_mutex_unlock(&r->lock);
+			return 1;
+		}
 		if (m->code < 0) {
 			r->st.state = RT_RUNNER_LOAD_FAILED;
 			r->st.last_error = m->code;
@@ -550,10 +563,19 @@ static void *sup_thread(void *arg)
 			drain_stderr(r);
 		if (np == 3 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
 			int e = rt_frame_fill(r->sock, &r->rd);
+			int crash_code = 0;
 			struct rt_rmsg *m;
 			while (e == 0 && (e = rt_frame_next(&r->rd, &m)) == 1) {
 				e = on_msg(r, m);
+				if (e == 1)
+					crash_code = m->code;
 				rt_rmsg_free(m);
+				if (crash_code)
+					break;
+			}
+			if (crash_code) {
+				child_down(r, crash_code, true);
+				continue;
 			}
 			if (e < 0) {
 				pthread_mutex_lock(&r->lock);

@@ -120,7 +120,10 @@ enum rt_runner_state {
 	RT_RUNNER_READY = 2,    /* idle or serving */
 	RT_RUNNER_BACKOFF = 3,  /* died; waiting before a restart */
 	RT_RUNNER_CRASH_LOOP = 4, /* died crash_loop_n times within the window: given up */
-	RT_RUNNER_LOAD_FAILED = 5, /* the model did not load (no restart) */
+	RT_RUNNER_LOAD_FAILED = 5, /* the model did not load (no restart); an open
+				    * failing -FL_ECRASH / -FL_ETIMEOUT (the backend's
+				    * own server died or hung while starting) is a
+				    * crash instead: restarted, counted */
 	RT_RUNNER_STOPPED = 6,
 };
 
@@ -167,6 +170,9 @@ struct rt_runner_status {
 	int last_exit_status;      /* exit code of the last child, -1 if signalled */
 	int last_exit_signal;      /* signal that ended it, 0 if none */
 	char model[64];            /* from READY */
+	int backoff_ms;            /* delay before the latest restart (0: none yet) */
+	int crash_loop_ms;         /* CRASH_LOOP: from the first to the last of the
+				    * crash_loop_n crashes that made it */
 };
 
 struct rt_runner;

@@ -622,6 +622,56 @@ static void test_queue_full_503(void **state)
 	assert_int_equal(rt_serve_router_set(g_router, "tiny", g_runner, NULL), 0);
 }
 
+/* A runner that gave up answers 503 with a code saying so: crash loop
+ * (whole, streamed and /v1/predict), model that does not load. */
+static void test_runner_gave_up(void **state)
+{
+	(void)state;
+	struct rt_runner_config c;
+	runner_cfg(&c);
+	c.exe = "/bin/sh"; /* "sh runner --fd ...": exits at once */
+	c.limits.crash_loop_n = 2;
+	c.limits.backoff_min_ms = 5;
+	struct rt_runner *loop = NULL;
+	assert_int_equal(rt_runner_start(&c, &loop), 0);
+	assert_int_equal(rt_runner_wait_ready(loop, 10000), -FL_ECRASH);
+	struct rt_runner *old = NULL;
+	assert_int_equal(rt_serve_router_set(g_router, "tiny", loop, &old), 0);
+	struct http_res r;
+	assert_int_equal(http(false, "POST", "/v1/completions", TOKEN, "{\"prompt\":\"x\"}", &r), 0);
+	assert_error(&r, 503, "server_error", "model_crash_loop");
+	assert_non_null(strstr(r.body, "model tiny is in a crash loop: its runner crashed 2 times"));
+	http_res_free(&r);
+	assert_int_equal(http(false, "POST", "/v1/chat/completions", TOKEN,
+			      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true}",
+			      &r), 0);
+	assert_error(&r, 503, "server_error", "model_crash_loop");
+	http_res_free(&r);
+	assert_int_equal(http(false, "POST", "/v1/predict", TOKEN,
+			      "{\"model\":\"tiny\",\"rows\":[[1,2]]}", &r), 0);
+	assert_error(&r, 503, "server_error", "model_crash_loop");
+	http_res_free(&r);
+
+	runner_cfg(&c);
+	c.model_path = "/nonexistent/model.gguf";
+	struct rt_runner *bad = NULL;
+	assert_int_equal(rt_runner_start(&c, &bad), 0);
+	assert_int_equal(rt_runner_wait_ready(bad, 10000), -ENOENT);
+	struct rt_runner *prev = NULL;
+	assert_int_equal(rt_serve_router_set(g_router, "tiny", bad, &prev), 0);
+	assert_ptr_equal(prev, loop);
+	assert_int_equal(rt_serve_router_wait_idle(g_router, loop, 5000), 0);
+	rt_runner_stop(loop, 100);
+	assert_int_equal(http(false, "POST", "/v1/completions", TOKEN, "{\"prompt\":\"x\"}", &r), 0);
+	assert_error(&r, 503, "server_error", "model_load_failed");
+	assert_non_null(strstr(r.body, "model tiny failed to load: "));
+	http_res_free(&r);
+	assert_int_equal(rt_serve_router_set(g_router, "tiny", old, &prev), 0);
+	assert_ptr_equal(prev, bad);
+	assert_int_equal(rt_serve_router_wait_idle(g_router, bad, 5000), 0);
+	rt_runner_stop(bad, 100);
+}
+
 static void test_bench(void **state)
 {
 	(void)state;
@@ -882,6 +932,7 @@ int main(void)
 		cmocka_unit_test(test_errors_and_limits),
 		cmocka_unit_test(test_info_endpoints),
 		cmocka_unit_test(test_queue_full_503),
+		cmocka_unit_test(test_runner_gave_up),
 		cmocka_unit_test(test_bench),
 		cmocka_unit_test(test_concurrent),
 		cmocka_unit_test(test_start_args),
