@@ -29,7 +29,9 @@
 #include <flotilla/util.h>
 
 #include "ctl.h"
+#include "dashboard.h"
 #include "http.h"
+#include "registry.h"
 #include "rollout.h"
 
 #define MODEL "defect-llm"
@@ -75,6 +77,67 @@ static void state(struct ctl *c, size_t i, const char *cur, const char *istate)
 	int r = ctl_registry_on_state(c, id, buf, strlen(buf));
 	if (r < 0)
 		die("state", r);
+}
+
+/* State messages of every device, built before timing (the agent's
+ * retained state as it arrives when the fleet reconnects). */
+static char **states_of(size_t ndev)
+{
+	char **v = calloc(ndev, sizeof(*v));
+	if (!v)
+		die("calloc", -ENOMEM);
+	for (size_t i = 0; i < ndev; i++) {
+		v[i] = fl_asprintf(
+			"{\"v\":1,\"device\":\"gw-%05zu\",\"online\":true,\"agent\":\"0.1.0\","
+			"\"hw\":{\"arch\":\"%s\",\"ram_mb\":%d,\"accelerators\":[],\"backends\":[\"gguf\"]},"
+			"\"labels\":{\"site\":\"plant-%zu\",\"line\":\"l%zu\"},"
+			"\"models\":{\"" MODEL "\":{\"current\":\"a\",\"slots\":{\"a\":{\"status\":"
+			"\"ready\",\"version\":\"" OLDV "\",\"sequence\":1}}}}}",
+			i, i % 3 ? "aarch64" : "x86_64", i % 2 ? 2048 : 8192, i % 20, i % 7);
+		if (!v[i])
+			die("state", -ENOMEM);
+	}
+	return v;
+}
+
+/* States/s of the whole fleet reconnecting: one transaction per message
+ * (ctl_registry_on_state) against the batched path the MQTT loop uses
+ * (ctl_state_batch_add: CTL_STATE_BATCH_MAX per transaction). */
+static void state_ingest(struct ctl *c, size_t ndev)
+{
+	char **v = states_of(ndev);
+	char id[32];
+	int64_t a = now_us(), ac = cpu_us();
+	for (size_t i = 0; i < ndev; i++) {
+		snprintf(id, sizeof(id), "gw-%05zu", i);
+		int r = ctl_registry_on_state(c, id, v[i], strlen(v[i]));
+		if (r < 0)
+			die("state", r);
+	}
+	double one = (double)ndev / ((double)(now_us() - a) / 1e6);
+	double one_cpu = (double)(cpu_us() - ac) / 1000;
+	struct ctl_state_batch *b = NULL;
+	int r = ctl_state_batch_new(c, &b);
+	if (r < 0)
+		die("batch", r);
+	a = now_us();
+	ac = cpu_us();
+	for (size_t i = 0; i < ndev; i++) {
+		snprintf(id, sizeof(id), "gw-%05zu", i);
+		if ((r = ctl_state_batch_add(b, id, v[i], strlen(v[i]))) < 0)
+			die("batch add", r);
+	}
+	if ((r = ctl_state_batch_flush(b)) < 0)
+		die("batch flush", r);
+	double batched = (double)ndev / ((double)(now_us() - a) / 1e6);
+	double batched_cpu = (double)(cpu_us() - ac) / 1000;
+	ctl_state_batch_free(b);
+	printf("state ingest: %zu states, one transaction each: %.0f states/s (cpu %.0f ms); "
+	       "batched (%d per transaction): %.0f states/s (cpu %.0f ms); %.1f x\n",
+	       ndev, one, one_cpu, CTL_STATE_BATCH_MAX, batched, batched_cpu, batched / one);
+	for (size_t i = 0; i < ndev; i++)
+		free(v[i]);
+	free(v);
 }
 
 static uint64_t seqs[200000];
@@ -184,7 +247,7 @@ static double run_load(const char *base, const char *name, const char *path, int
 	snprintf(url, sizeof(url), "%s%s", base, path);
 	struct load *l = calloc((size_t)ncli, sizeof(*l));
 	pthread_t *th = calloc((size_t)ncli, sizeof(*th));
-	int64_t t0 = now_us(), until = t0 + (int64_t)(seconds * 1e6);
+	int64_t t0 = now_us(), until = t0 + (int64_t)(seconds * 1e6), c0 = cpu_us();
 	for (int i = 0; i < ncli; i++) {
 		l[i].url = url;
 		l[i].until_us = until;
@@ -199,6 +262,7 @@ static double run_load(const char *base, const char *name, const char *path, int
 		errors += l[i].errors;
 	}
 	double el = (double)(now_us() - t0) / 1e6;
+	double cpu_ms = (double)(cpu_us() - c0) / 1000;
 	int64_t *all = calloc(n ? n : 1, sizeof(*all));
 	size_t k = 0;
 	for (int i = 0; i < ncli; i++) {
@@ -210,9 +274,12 @@ static double run_load(const char *base, const char *name, const char *path, int
 	double rps = (double)n / el;
 	double p50 = n ? (double)all[n / 2] / 1000 : NAN;
 	double p99 = n ? (double)all[(size_t)((double)(n - 1) * 0.99)] / 1000 : NAN;
-	printf("api %-16s %8.1f requests/s  p50 %8.2f ms  p99 %8.2f ms  %7.1f KiB/response  "
+	printf("api %-17s %8.1f requests/s  p50 %8.2f ms  p99 %8.2f ms  %7.1f KiB/response  "
 	       "%d errors",
 	       name, rps, p50, p99, n ? (double)bytes / (double)n / 1024 : 0, errors);
+	/* CPU of this process (server and clients) per request: steadier than
+	 * the wall clock on a shared machine */
+	printf("  cpu %.2f ms/request", n ? cpu_ms / (double)n : 0);
 	if (ref_rps > 0)
 		printf("  (%.4f x healthz)", rps / ref_rps);
 	printf("\n");
@@ -258,7 +325,8 @@ int main(int argc, char **argv)
 				getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");
 	if (!dir || !mkdtemp(dir))
 		die("mkdtemp", -errno);
-	struct ctl_opts o = {.data_dir = dir};
+	/* BENCH_STORE_DSN: an empty PostgreSQL database instead of SQLite */
+	struct ctl_opts o = {.data_dir = dir, .store_dsn = getenv("BENCH_STORE_DSN")};
 	struct ctl *c = NULL;
 	int r = ctl_open(&o, &c);
 	if (r < 0)
@@ -282,6 +350,7 @@ int main(int argc, char **argv)
 	       ndev, (double)ndev / ((double)(now_us() - ti) / 1e6));
 	printf("setup: %zu devices registered and one model record each in %.1f s\n", ndev,
 	       (double)(now_us() - t0) / 1e6);
+	state_ingest(c, ndev);
 	struct ctl_store *s = ctl_get_store(c);
 	struct ctl_bundle_rec b = {.model = MODEL, .version = NEWV, .sequence = 2,
 				   .envelope_id = "00", .envelope = "{\"bench\":\"envelope\"}",
@@ -302,16 +371,43 @@ int main(int argc, char **argv)
 	{
 		struct ctl_device_filter all = {.online = -1};
 		cJSON *dl = NULL;
-		int64_t a = now_us();
+		int64_t a = now_us(), a_cpu = cpu_us();
 		if ((r = ctl_devices_list(c, &all, &dl)) < 0)
 			die("devices", r);
 		int64_t m = now_us();
 		char *txt = cJSON_PrintUnformatted(dl);
 		int64_t e = now_us();
-		printf("devices list in-process: query + tree %.1f ms, print %.1f ms (%zu KiB)\n",
-		       (double)(m - a) / 1000, (double)(e - m) / 1000, strlen(txt) / 1024);
+		printf("devices list in-process, cJSON tree (the old path): query + tree %.1f ms, "
+		       "print %.1f ms (cpu %.1f ms, %zu KiB)\n",
+		       (double)(m - a) / 1000, (double)(e - m) / 1000,
+		       (double)(cpu_us() - a_cpu) / 1000, strlen(txt) / 1024);
 		free(txt);
 		cJSON_Delete(dl);
+		/* The API's path: one pass from the query to the response text. */
+		char *page = NULL;
+		size_t plen = 0;
+		for (int k = 0; k < 3; k++) {
+			a = now_us();
+			int64_t ac = cpu_us();
+			if ((r = ctl_devices_page(c, &all, true, &page, &plen)) < 0)
+				die("devices page", r);
+			printf("devices list in-process, text in one pass (all=1): %.1f ms "
+			       "(cpu %.1f ms, %zu KiB)\n",
+			       (double)(now_us() - a) / 1000, (double)(cpu_us() - ac) / 1000,
+			       plen / 1024);
+			free(page);
+		}
+	}
+
+	/* The dashboard's fleet summary (grouped store queries). */
+	for (int k = 0; k < 2; k++) {
+		cJSON *f = NULL;
+		int64_t a = now_us(), ac = cpu_us();
+		if ((r = ctl_fleet_summary(c, &f)) < 0)
+			die("fleet summary", r);
+		printf("fleet summary in-process: %.1f ms (cpu %.1f ms)\n",
+		       (double)(now_us() - a) / 1000, (double)(cpu_us() - ac) / 1000);
+		cJSON_Delete(f);
 	}
 
 	/* HTTP */
@@ -327,7 +423,14 @@ int main(int argc, char **argv)
 	printf("api: %d keep-alive clients, %.0f s per endpoint, %zu devices in the store\n", ncli,
 	       seconds, ndev);
 	double ref = run_load(base, "healthz", "/healthz", ncli, seconds, 0);
-	run_load(base, "devices(all)", "/api/v1/devices", ncli, seconds, ref);
+	run_load(base, "devices(all)", "/api/v1/devices?all=1", ncli, seconds, ref);
+	run_load(base, "devices(page)", "/api/v1/devices", ncli, seconds, ref);
+	{
+		/* a page from the middle of the list (keyset cursor) */
+		char mid[96];
+		snprintf(mid, sizeof(mid), "/api/v1/devices?after=gw-%05zu", ndev / 2);
+		run_load(base, "devices(page@mid)", mid, ncli, seconds, ref);
+	}
 	run_load(base, "devices(100)", "/api/v1/devices?label=site%3Dplant-3&limit=100", ncli,
 		 seconds, ref);
 	run_load(base, "rollout-status", "/api/v1/rollouts/1", ncli, seconds, ref);

@@ -179,10 +179,10 @@ int cli_devices_main(int argc, char **argv)
 		}
 		path = fl_asprintf("/api/v1/devices/%s", show);
 	} else {
-		path = strdup("/api/v1/devices");
+		path = strdup("/api/v1/devices?all=1"); /* every page (docs/api.md) */
 		for (size_t k = 0; path && k < nf; k++) {
 			_cleanup_free_ char *ev = cli_http_escape(fval[k]);
-			char *p = ev ? fl_asprintf("%s%c%s=%s", path, k ? '&' : '?', fkey[k], ev) : NULL;
+			char *p = ev ? fl_asprintf("%s&%s=%s", path, fkey[k], ev) : NULL;
 			free(path);
 			path = p;
 		}

@@ -1,6 +1,8 @@
 /* GET /api/v1/fleet (docs/dashboard.md): the registry per model and version,
- * read through the store's operations (metrics, bundle_list, rollout_scan),
- * so it needs no SQL of its own and works on any backend. */
+ * from grouped store queries (fleet_counts: GROUP BY model, version, install
+ * state; fleet_unhealthy: the devices with an install under way or failed),
+ * never a scan of every device in C. The lock is held for the store reads
+ * only; the JSON is built after it is released. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -100,28 +102,69 @@ static int note_health(struct scan *sc, const char *id, enum health h)
 	return 0;
 }
 
-static int scan_cb(void *ud, const struct ctl_rollout_dev *d)
+/* The tallies of every model of the summary, NAMES sorted. */
+struct fleet {
+	const char **names;
+	size_t n_names;
+	struct scan *sc;   /* one per name; the health list lives in HL below */
+	struct scan hl;    /* hl.hl: every model's devices that are not ok */
+	bool truncated;
+};
+
+static struct scan *model_scan(struct fleet *fl, const char *model)
 {
-	struct scan *sc = ud;
-	struct ver_tally *t;
-	int r;
-	if (d->current_version) {
-		if ((r = tally(sc, d->current_version, &t)) < 0)
-			return r;
-		if (t)
-			t->devices++;
+	size_t lo = 0, hi = fl->n_names;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(fl->names[mid], model);
+		if (!c)
+			return &fl->sc[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	if (!d->install_version || !d->install_state || !strcmp(d->install_state, "IDLE"))
+	return NULL; /* not a model of the summary (no version running, no bundle) */
+}
+
+static int count_cb(void *ud, const char *model, const char *version, const char *install_state,
+		    int64_t count)
+{
+	struct fleet *fl = ud;
+	struct scan *sc = model_scan(fl, model);
+	if (!sc || count <= 0)
 		return 0;
-	enum health h = install_health(d->install_state);
-	if ((r = tally(sc, d->install_version, &t)) < 0)
+	struct ver_tally *t;
+	int r = tally(sc, version, &t);
+	if (r < 0 || !t)
 		return r;
-	if (t) {
-		t->succeeded += h == H_OK;
-		t->failed += h == H_FAILED;
-		t->in_progress += h == H_INSTALLING;
+	size_t n = (size_t)count;
+	if (!install_state) {
+		t->devices += n;
+		return 0;
 	}
-	return h == H_OK ? 0 : note_health(sc, d->id, h);
+	switch (install_health(install_state)) {
+	case H_OK:
+		t->succeeded += n;
+		break;
+	case H_FAILED:
+		t->failed += n;
+		break;
+	case H_INSTALLING:
+		t->in_progress += n;
+		break;
+	}
+	return 0;
+}
+
+static int unhealthy_cb(void *ud, const char *device, const char *model,
+			const char *install_state)
+{
+	struct fleet *fl = ud;
+	if (!model_scan(fl, model))
+		return 0;
+	enum health h = install_health(install_state);
+	return h == H_OK ? 0 : note_health(&fl->hl, device, h);
 }
 
 static int cmp_ver(const void *a, const void *b)
@@ -209,64 +252,83 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int summary_locked(struct ctl *c, cJSON *root)
+/* The store reads, under the lock: counts and names into FL; MET (online,
+ * offline) for the caller. */
+static int read_locked(struct ctl *c, struct fleet *fl, cJSON **met)
 {
 	struct ctl_store *s = c->store;
-	_cleanup_(cJSON_Deletep) cJSON *met = NULL;
 	_cleanup_(cJSON_Deletep) cJSON *bundles = NULL;
-	int r = s->ops->metrics(s, &met);
+	int r = s->ops->metrics(s, met);
 	if (r >= 0)
 		r = s->ops->bundle_list(s, &bundles);
 	if (r < 0)
 		return r;
-	const char **names = calloc(FLEET_MODELS_MAX, sizeof(*names));
-	if (!names)
-		return -ENOMEM;
-	struct scan sc = {0};
-	size_t n_names = 0;
 	cJSON *it;
-	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(met, "versions"))
-		add_model(names, &n_names,
+	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(*met, "versions"))
+		add_model(fl->names, &fl->n_names,
 			  cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "model")),
-			  &sc.truncated);
+			  &fl->truncated);
 	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(bundles, "bundles"))
-		add_model(names, &n_names,
+		add_model(fl->names, &fl->n_names,
 			  cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "model")),
-			  &sc.truncated);
-	qsort(names, n_names, sizeof(*names), cmp_str);
+			  &fl->truncated);
+	/* The names point into MET and BUNDLES: keep copies past the lock. */
+	for (size_t i = 0; i < fl->n_names; i++)
+		if (!(fl->names[i] = strdup(fl->names[i]))) {
+			fl->n_names = i;
+			return -ENOMEM;
+		}
+	qsort(fl->names, fl->n_names, sizeof(*fl->names), cmp_str);
+	if (fl->n_names && !(fl->sc = calloc(fl->n_names, sizeof(*fl->sc))))
+		return -ENOMEM;
+	if ((r = s->ops2->fleet_counts(s, count_cb, fl)) < 0)
+		return r;
+	return s->ops2->fleet_unhealthy(s, FLEET_HEALTH_MAX + 1, unhealthy_cb, fl);
+}
 
+static int summary_json(struct fleet *fl, const cJSON *met, cJSON *root)
+{
+	int r = 0;
 	double on = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(met, "online"));
 	double off = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(met, "offline"));
 	cJSON *devs = cJSON_AddObjectToObject(root, "devices");
 	cJSON *models = cJSON_AddArrayToObject(root, "models");
 	if (!devs || !models || add_num(devs, "total", on + off) < 0 ||
 	    add_num(devs, "online", on) < 0 || add_num(devs, "offline", off) < 0)
-		r = -ENOMEM;
-	for (size_t i = 0; r >= 0 && i < n_names; i++) {
-		/* Rollout id 0 never exists: every device with its row of the model. */
-		r = s->ops->rollout_scan(s, 0, names[i], scan_cb, &sc);
-		if (r >= 0)
-			r = model_json(names[i], &sc, models);
-		free_tallies(&sc);
+		return -ENOMEM;
+	bool truncated = fl->truncated || fl->hl.truncated;
+	for (size_t i = 0; r >= 0 && i < fl->n_names; i++) {
+		truncated |= fl->sc[i].truncated;
+		r = model_json(fl->names[i], &fl->sc[i], models);
 	}
 	cJSON *health = r >= 0 ? cJSON_AddObjectToObject(root, "health") : NULL;
 	if (r >= 0 && !health)
 		r = -ENOMEM;
+	struct scan *hl = &fl->hl;
 	if (r >= 0) {
-		qsort(sc.hl, sc.n_hl, sizeof(*sc.hl), cmp_health);
-		for (size_t i = 0; r >= 0 && i < sc.n_hl; i++) {
-			if (i > 0 && !strcmp(sc.hl[i].id, sc.hl[i - 1].id))
+		qsort(hl->hl, hl->n_hl, sizeof(*hl->hl), cmp_health);
+		for (size_t i = 0; r >= 0 && i < hl->n_hl; i++) {
+			if (i > 0 && !strcmp(hl->hl[i].id, hl->hl[i - 1].id))
 				continue; /* the worst of its models came first */
-			if (!cJSON_AddStringToObject(health, sc.hl[i].id, health_names[sc.hl[i].h]))
+			if (!cJSON_AddStringToObject(health, hl->hl[i].id, health_names[hl->hl[i].h]))
 				r = -ENOMEM;
 		}
 	}
-	if (r >= 0 && !cJSON_AddBoolToObject(root, "truncated", sc.truncated))
+	if (r >= 0 && !cJSON_AddBoolToObject(root, "truncated", truncated))
 		r = -ENOMEM;
-	free_tallies(&sc);
-	free(sc.hl);
-	free(names);
 	return r;
+}
+
+static void fleet_free(struct fleet *fl)
+{
+	for (size_t i = 0; i < fl->n_names; i++) {
+		free((char *)fl->names[i]);
+		if (fl->sc)
+			free_tallies(&fl->sc[i]);
+	}
+	free(fl->sc);
+	free(fl->names);
+	free(fl->hl.hl);
 }
 
 int ctl_fleet_summary(struct ctl *c, cJSON **ret)
@@ -278,9 +340,18 @@ int ctl_fleet_summary(struct ctl *c, cJSON **ret)
 		cJSON_Delete(root);
 		return -ENOMEM;
 	}
-	pthread_mutex_lock(&c->lock);
-	int r = summary_locked(c, root);
-	pthread_mutex_unlock(&c->lock);
+	struct fleet fl = {.names = calloc(FLEET_MODELS_MAX, sizeof(*fl.names))};
+	cJSON *met = NULL;
+	int r = fl.names ? 0 : -ENOMEM;
+	if (r >= 0) {
+		pthread_mutex_lock(&c->lock);
+		r = read_locked(c, &fl, &met);
+		pthread_mutex_unlock(&c->lock);
+	}
+	if (r >= 0)
+		r = summary_json(&fl, met, root);
+	cJSON_Delete(met);
+	fleet_free(&fl);
 	if (r < 0) {
 		cJSON_Delete(root);
 		return r;

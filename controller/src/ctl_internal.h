@@ -26,6 +26,9 @@ struct dev_gaps {
 	struct tele_gaps *g;
 	bool dirty;
 	struct dev_gaps *next_dirty;
+	int64_t noted_ms; /* ingest.c: last batch; holes rechecked until */
+	bool recheck;     /* ... on c->recheck */
+	struct dev_gaps *next_recheck;
 };
 
 #define CTL_GAP_BUCKETS 4096
@@ -52,6 +55,9 @@ struct ctl {
 	struct dev_gaps *gaps[CTL_GAP_BUCKETS];
 	size_t n_gaps;
 	struct dev_gaps *dirty;
+	struct dev_gaps *recheck; /* ingest.c: holes to check against the store */
+	int64_t recheck_at_ms;
+	int64_t engine_since_s; /* rollout.c: leads the engine since (0: does not) */
 	struct ctl_ack *acks, **acks_tail; /* ingest.c */
 	size_t n_acks;
 

@@ -17,6 +17,7 @@
 
 #include "http.h"
 #include "dashboard.h"
+#include "registry.h"
 #include "release.h"
 #include "rollout.h"
 
@@ -206,7 +207,8 @@ static enum MHD_Result get_devices(struct ctl_http *h, struct MHD_Connection *co
 {
 	static const char *const allowed[] = {"label",	  "arch",	 "version",
 					      "online",	  "limit",	 "min_ram_mb",
-					      "accelerator", "backend", "install", NULL};
+					      "accelerator", "backend", "install",
+					      "after",	  "all",	 NULL};
 	struct query q;
 	if (read_query(conn, allowed, &q) < 0)
 		return respond_error(conn, MHD_HTTP_BAD_REQUEST, "unknown or repeated query parameter");
@@ -274,11 +276,38 @@ static enum MHD_Result get_devices(struct ctl_http *h, struct MHD_Connection *co
 					     "REJECTED, TRIAL)");
 		f.install_state = v;
 	}
-	cJSON *out = NULL;
-	int r = ctl_devices_list(h->ctl, &f, &out);
+	if ((v = query_get(&q, "after"))) {
+		if (!fl_name_valid(v, CTL_DEVICE_ID_MAX))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+					     "after: expected a device id (the \"next\" of a page)");
+		f.after = v;
+	}
+	bool all = false;
+	if ((v = query_get(&q, "all"))) {
+		if (strcmp(v, "1") && strcmp(v, "true"))
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST, "all: expected 1");
+		if (f.limit || f.after)
+			return respond_error(conn, MHD_HTTP_BAD_REQUEST,
+					     "all: not together with limit or after");
+		all = true;
+	}
+	/* One pass from the store query to the response text (registry.c). */
+	char *out = NULL;
+	size_t len = 0;
+	int r = ctl_devices_page(h->ctl, &f, all, &out, &len);
 	if (r < 0)
 		return respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, fl_strerror(r));
-	return respond_json(conn, MHD_HTTP_OK, out);
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(len, out, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(out);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	enum MHD_Result mr = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return mr;
 }
 
 static bool no_query(struct MHD_Connection *conn)

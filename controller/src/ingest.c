@@ -14,6 +14,13 @@
 #include "ctl_internal.h"
 
 #define MISSING_SAMPLE 64 /* ranges summed for the missing-seq count */
+/* Holes are checked against the store (what other instances committed) at
+ * every flush of their device and, while the device sent a batch in the last
+ * RECHECK_WINDOW_MS, every RECHECK_EVERY_MS (docs/controller.md "Gaps with
+ * several instances"). */
+#define RECHECK_WINDOW_MS 30000
+#define RECHECK_EVERY_MS 1000
+#define COVERED_MAX 256
 #define ACK_MAX_RANGES 256 /* per confirmation message */
 
 /* A confirmation for one device: {"v":1,"stream":S,"ranges":[[a,b],...]}. */
@@ -93,6 +100,7 @@ void ctl_ingest_free(struct ctl *c)
 	}
 	c->n_gaps = 0;
 	c->dirty = NULL;
+	c->recheck = NULL;
 }
 
 static void kind_of(const struct tele_rx_record *x, char *out, size_t n)
@@ -195,6 +203,7 @@ static int ingest(struct ctl *c, const char *id, const void *payload, size_t len
 				tele_gaps_note_batch(d->g, b);
 			}
 			fl_strlcpy(d->stream, b->stream, sizeof(d->stream));
+			d->noted_ms = fl_mono_ms();
 			if (!d->dirty) {
 				d->dirty = true;
 				d->next_dirty = c->dirty;
@@ -223,8 +232,40 @@ int ctl_ingest_batch(struct ctl *c, const char *device_id, const void *payload, 
 	return r;
 }
 
+/* Close the holes of D's tracker that the store covers: records or drop
+ * reports another instance committed (with $share subscriptions a device's
+ * batches reach any instance). */
+static int heal(struct ctl *c, struct dev_gaps *d)
+{
+	struct ctl_store *st = c->store;
+	if (!st->ops->tele_covered || !d->g || !d->stream[0])
+		return 0;
+	uint64_t miss[MISSING_SAMPLE][2];
+	size_t n = tele_gaps_missing(d->g, miss, MISSING_SAMPLE);
+	if (n == 0)
+		return 0;
+	if (n > MISSING_SAMPLE)
+		n = MISSING_SAMPLE;
+	uint64_t lo = miss[0][0], hi = miss[n - 1][1];
+	uint64_t (*cov)[2] = malloc(COVERED_MAX * sizeof(*cov));
+	if (!cov)
+		return -ENOMEM;
+	size_t k = 0;
+	int r = st->ops->tele_covered(st, d->id, d->stream, lo, hi, cov, COVERED_MAX, &k);
+	for (size_t i = 0; r >= 0 && i < k; i++) {
+		uint64_t a = cov[i][0] < lo ? lo : cov[i][0], b = cov[i][1] > hi ? hi : cov[i][1];
+		if (a <= b)
+			(void)tele_gaps_received(d->g, a, b); /* -FL_ETOOBIG: stays a hole */
+	}
+	free(cov);
+	return r;
+}
+
 static int put_gaps(struct ctl *c, struct dev_gaps *d, int64_t now)
 {
+	int r = heal(c, d);
+	if (r < 0)
+		return r;
 	uint64_t ranges[MISSING_SAMPLE][2];
 	size_t n = tele_gaps_missing(d->g, ranges, MISSING_SAMPLE);
 	uint64_t seqs = 0;
@@ -385,8 +426,17 @@ int ctl_ingest_flush_locked(struct ctl *c)
 		c->cnt.tele_commit_errors++;
 		return r;
 	}
-	for (struct dev_gaps *d = c->dirty; d; d = d->next_dirty)
+	int64_t mono = fl_mono_ms();
+	for (struct dev_gaps *d = c->dirty; d; d = d->next_dirty) {
 		d->dirty = false;
+		uint64_t one[1][2];
+		if (!d->recheck && d->g && c->store->ops->tele_covered &&
+		    mono - d->noted_ms < RECHECK_WINDOW_MS && tele_gaps_missing(d->g, one, 1) > 0) {
+			d->recheck = true;
+			d->next_recheck = c->recheck;
+			c->recheck = d;
+		}
+	}
 	c->dirty = NULL;
 	acks_build(c);
 	for (size_t i = 0; i < c->n_pending; i++)
@@ -406,10 +456,36 @@ int ctl_ingest_flush(struct ctl *c)
 	return r;
 }
 
+/* Put the trackers whose holes are due for a check on the dirty list (they
+ * are written again, healed, by the next flush); drop those whose device
+ * went quiet or whose holes are gone. Lock held. */
+static void recheck_due(struct ctl *c)
+{
+	int64_t now = fl_mono_ms();
+	if (!c->recheck || now < c->recheck_at_ms)
+		return;
+	c->recheck_at_ms = now + RECHECK_EVERY_MS;
+	struct dev_gaps *d = c->recheck;
+	c->recheck = NULL;
+	while (d) {
+		struct dev_gaps *n = d->next_recheck;
+		d->recheck = false;
+		uint64_t one[1][2];
+		if (!d->dirty && d->g && now - d->noted_ms < RECHECK_WINDOW_MS &&
+		    tele_gaps_missing(d->g, one, 1) > 0) {
+			d->dirty = true;
+			d->next_dirty = c->dirty;
+			c->dirty = d;
+		}
+		d = n;
+	}
+}
+
 int ctl_tick(struct ctl *c)
 {
 	int r = 0;
 	pthread_mutex_lock(&c->lock);
+	recheck_due(c);
 	if ((c->n_pending && fl_mono_ms() - c->pending_since_ms >= c->flush_ms) ||
 	    (!c->n_pending && c->dirty))
 		r = ctl_ingest_flush_locked(c);

@@ -82,6 +82,36 @@ static int start_mqtt(struct ctl *c, const struct ctl_config *cfg, struct ctl_mq
 	return 0;
 }
 
+/* A failure repeated every tick (the database is down: the store retries
+ * with its own backoff) is logged when it starts, every LOG_EVERY_MS while
+ * it lasts (with the count) and when it ends. */
+#define LOG_EVERY_MS 10000
+struct err_log {
+	const char *what;
+	int64_t since_ms, last_ms;
+	unsigned n;
+};
+
+static void err_note(struct err_log *e, int r, const char *hint)
+{
+	int64_t now = fl_mono_ms();
+	if (r >= 0) {
+		if (e->n)
+			fl_info("%s: works again after %u failures in %lld ms", e->what, e->n,
+				(long long)(now - e->since_ms));
+		e->n = 0;
+		return;
+	}
+	if (e->n++ == 0) {
+		e->since_ms = e->last_ms = now;
+		fl_warn("%s failed: %s%s", e->what, fl_strerror(r), hint);
+	} else if (now - e->last_ms >= LOG_EVERY_MS) {
+		e->last_ms = now;
+		fl_warn("%s still failing: %s (%u times in %lld ms)%s", e->what, fl_strerror(r),
+			e->n, (long long)(now - e->since_ms), hint);
+	}
+}
+
 static void usage(FILE *f)
 {
 	fputs("usage: flotilla-controller --config FILE [--port-file FILE]\n"
@@ -206,6 +236,7 @@ int main(int argc, char **argv)
 	/* systemd (Type=notify, WatchdogSec): ready once listening; the
 	 * watchdog is pinged from this loop's tick. */
 	fl_sd_notify("READY=1\nSTATUS=serving");
+	struct err_log tele_log = {.what = "telemetry commit"}, ro_log = {.what = "rollout tick"};
 	for (;;) {
 		struct pollfd pfd[3] = {{.fd = sfd, .events = POLLIN}};
 		int n = 1, mfds[2];
@@ -237,15 +268,12 @@ int main(int argc, char **argv)
 			next_tick = fl_mono_ms() + TICK_MS;
 			fl_sd_notify("WATCHDOG=1");
 			r = ctl_tick(c);
-			if (r < 0)
-				fl_warn("telemetry commit failed: %s (records kept pending)",
-					fl_strerror(r));
+			err_note(&tele_log, r, r < 0 ? " (records kept pending)" : "");
 		}
 		if (mq && fl_mono_ms() >= next_rollout) {
 			next_rollout = fl_mono_ms() + ROLLOUT_TICK_MS;
 			r = ctl_rollout_tick(c, fl_now_s(), rollout_send, mq);
-			if (r < 0)
-				fl_warn("rollout tick: %s", fl_strerror(r));
+			err_note(&ro_log, r, "");
 		}
 	}
 	close(sfd);

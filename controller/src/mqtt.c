@@ -18,9 +18,13 @@
 #include <flotilla/util.h>
 
 #include "ctl_mqtt.h"
+#include "registry.h"
 
 #define MAX_EVENTS_PER_RUN 1024
-#define CTL_MQTT_SESSION_EXPIRY_S 60
+/* 10 s: while a crashed instance's session lives, the broker keeps queueing
+ * its share of chunk requests and telemetry for nobody (docs/controller.md
+ * "Several instances"); devices retry both, so a short life costs little. */
+#define CTL_MQTT_SESSION_EXPIRY_S 10
 #define TOPIC_BUF (sizeof(CTL_MQTT_TOPIC_PREFIX) + CTL_DEVICE_ID_MAX + 16)
 
 enum { CMD_QUEUED, CMD_INFLIGHT, CMD_DONE };
@@ -57,6 +61,7 @@ struct ctl_mqtt {
 	bool started;
 
 	/* owner thread only */
+	struct ctl_state_batch *states; /* during ctl_mqtt_run: state writes batched */
 	struct frame *bl_head, *bl_tail;
 	size_t bl_frames, bl_bytes;
 	struct chunk_tok *toks; /* chunk frames in flight */
@@ -252,7 +257,8 @@ void ctl_mqtt_on_message(struct ctl_mqtt *m, const char *topic, const void *payl
 	case CTL_TOPIC_STATE:
 		count(m, &m->cnt.msgs_state, 1);
 		r = len > CTL_STATE_MAX_BYTES ? -FL_ETOOBIG
-					      : ctl_registry_on_state(m->ctl, id, payload, len);
+		    : m->states		  ? ctl_state_batch_add(m->states, id, payload, len)
+					  : ctl_registry_on_state(m->ctl, id, payload, len);
 		if (r < 0)
 			count(m, &m->cnt.refused_state, 1);
 		break;
@@ -652,6 +658,8 @@ int ctl_mqtt_run(struct ctl_mqtt *m, int64_t now_ms, int *ret_next_ms)
 	if (m->mq) {
 		struct fl_mqtt_event ev = {0};
 		int n = 0;
+		/* the states of this turn in one transaction (registry.h); NULL: one each */
+		ctl_state_batch_new(m->ctl, &m->states);
 		while (n < MAX_EVENTS_PER_RUN && fl_mqtt_next_event(m->mq, &ev) == 1) {
 			n++;
 			switch (ev.type) {
@@ -684,6 +692,8 @@ int ctl_mqtt_run(struct ctl_mqtt *m, int64_t now_ms, int *ret_next_ms)
 			}
 			fl_mqtt_event_clear(&ev);
 		}
+		ctl_state_batch_free(m->states); /* writes what is queued */
+		m->states = NULL;
 		if (n == MAX_EVENTS_PER_RUN)
 			next = 0;
 	}

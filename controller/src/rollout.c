@@ -654,7 +654,14 @@ int ctl_rollout_action(struct ctl *c, int64_t id, const char *action, const char
 		return -EINVAL;
 	pthread_mutex_lock(&c->lock);
 	cJSON *body = NULL;
-	int r = load_body(c, id, &body);
+	/* Read and write in one transaction (PostgreSQL: the row locked), so
+	 * that the engine of another instance cannot overwrite the action. */
+	int r = c->store->ops->begin(c->store);
+	if (r < 0) {
+		pthread_mutex_unlock(&c->lock);
+		return r;
+	}
+	r = load_body(c, id, &body);
 	if (r >= 0) {
 		const char *st = jstr(body, "state");
 		st = st ? st : "";
@@ -678,15 +685,14 @@ int ctl_rollout_action(struct ctl *c, int64_t id, const char *action, const char
 		r = set_bool(body, "revert_pending", true);
 	if (r >= 0 && !strcmp(action, "resume"))
 		r = set_num(body, "wave_started_at", (double)now_s);
-	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
+	if (r >= 0)
 		r = store_body(c, id, body, now_s);
-		if (r >= 0)
-			r = audit(c, now_s, actor, "rollout.action", id, why);
-		if (r >= 0)
-			r = c->store->ops->commit(c->store);
-		if (r < 0)
-			c->store->ops->rollback(c->store);
-	}
+	if (r >= 0)
+		r = audit(c, now_s, actor, "rollout.action", id, why);
+	if (r >= 0)
+		r = c->store->ops->commit(c->store);
+	if (r < 0)
+		c->store->ops->rollback(c->store);
 	pthread_mutex_unlock(&c->lock);
 	if (r >= 0 && ret) {
 		r = set_num(body, "id", (double)id);
@@ -703,6 +709,15 @@ int ctl_rollout_action(struct ctl *c, int64_t id, const char *action, const char
 
 enum outcome { O_NONE, O_PROGRESS, O_OK, O_FAIL };
 
+/* A device the rollout sent a deploy to before this instance ran the engine
+ * (another instance, or this process before a restart) that is online but
+ * shows no install of the version this long after the takeover is sent the
+ * deploy again, once (audited as rollout.redeploy): the command may have
+ * been lost with the process that queued it (killed between recording and
+ * publishing it). The agent takes a repeated deploy of what it is fetching
+ * or runs as a no-op. */
+#define ROLLOUT_RESEND_S 20
+
 struct target {
 	uint64_t hash;
 	char id[CTL_DEVICE_ID_MAX + 1];
@@ -710,6 +725,8 @@ struct target {
 	enum outcome out;
 	bool sent, reverted, on_version;
 	bool window_ok; /* may be sent a deploy now (maintenance windows) */
+	bool stale;     /* sent, online, no install of it after ROLLOUT_RESEND_S */
+	bool stale_revert; /* sent a revert, online, still on it after that */
 };
 
 struct scan {
@@ -722,6 +739,7 @@ struct scan {
 	size_t skipped; /* selected, but no variant of the release fits */
 	const cJSON *windows;
 	int64_t now_s;
+	int64_t since_s; /* this instance runs the engine since */
 	int err;
 };
 
@@ -845,6 +863,14 @@ static int scan_cb(void *ud, const struct ctl_rollout_dev *d)
 	t->reverted = d->reverted;
 	t->on_version = d->current_version && !strcmp(d->current_version, version);
 	t->window_ok = t->out == O_NONE ? window_ok(sc, d) : true;
+	t->stale = d->sent && !d->reverted && d->online && t->out == O_PROGRESS &&
+		   !(d->install_version && !strcmp(d->install_version, version)) &&
+		   sc->since_s > 0 && d->sent_at < sc->since_s &&
+		   sc->now_s - sc->since_s >= ROLLOUT_RESEND_S;
+	/* the same for a revert recorded by the previous engine */
+	t->stale_revert = d->sent && d->reverted && d->online && t->on_version &&
+			  sc->since_s > 0 && d->sent_at < sc->since_s &&
+			  sc->now_s - sc->since_s >= ROLLOUT_RESEND_S;
 	return 0;
 }
 
@@ -860,6 +886,7 @@ struct send_item {
 	char id[CTL_DEVICE_ID_MAX + 1];
 	char version[CTL_VERSION_MAX + 1];
 	bool revert;
+	bool again; /* a deploy sent before (ROLLOUT_RESEND_S) */
 };
 
 struct plan {
@@ -880,6 +907,7 @@ static int plan_add(struct plan *p, const struct target *t, bool revert, size_t 
 	memcpy(it->id, t->id, sizeof(it->id));
 	memcpy(it->version, t->version, sizeof(it->version));
 	it->revert = revert;
+	it->again = t->sent && (!revert || t->reverted);
 	return 0;
 }
 
@@ -1012,7 +1040,8 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 			  .devices = cJSON_GetObjectItemCaseSensitive(sel, "devices"),
 			  .arch = jstr(sel, "arch"),
 			  .windows = cJSON_GetObjectItemCaseSensitive(body, "windows"),
-			  .now_s = now_s};
+			  .now_s = now_s,
+			  .since_s = c->engine_since_s};
 	const char *model = jstr(body, "model");
 	if (!model)
 		return -FL_EDB;
@@ -1026,7 +1055,7 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 	bool changed = false;
 	if (reverting) {
 		for (size_t i = 0; i < sc.n; i++)
-			if (t[i].sent && !t[i].reverted && t[i].on_version &&
+			if (((t[i].sent && !t[i].reverted && t[i].on_version) || t[i].stale_revert) &&
 			    (r = plan_add(p, &t[i], true, sc.n)) < 0)
 				return r;
 		return 0;
@@ -1137,6 +1166,8 @@ static int decide(struct ctl *c, int64_t rid, cJSON *body, int64_t now_s, struct
 			if (t[i].out == O_OK || t[i].out == O_FAIL)
 				continue;
 			all_done = false;
+			if (t[i].stale && (r = plan_add(p, &t[i], false, sc.n)) < 0)
+				return r;
 			if (!t[i].sent && inflight < maxc && t[i].window_ok) {
 				if ((r = plan_add(p, &t[i], false, sc.n)) < 0)
 					return r;
@@ -1197,9 +1228,22 @@ static int tick_one(struct ctl *c, int64_t rid, int64_t now_s, ctl_rollout_send_
 	struct plan p = {.rid = rid};
 	pthread_mutex_lock(&c->lock);
 	cJSON *body = NULL;
-	int r = load_body(c, rid, &body);
-	if (r >= 0 && (r = c->store->ops->begin(c->store)) >= 0) {
-		r = decide(c, rid, body, now_s, &p);
+	/* The body is read inside the decision's transaction (PostgreSQL: with
+	 * a row lock), so an operator action of another instance is either
+	 * seen or waits for the decision: never overwritten by it. */
+	int r = c->store->ops->begin(c->store);
+	if (r >= 0) {
+		/* Still the leader? (PostgreSQL: a reconnect inside begin() loses
+		 * the engine's lock; another instance may hold it by now.) */
+		bool lead = true;
+		if (c->store->ops->engine_leader) {
+			int l = c->store->ops->engine_leader(c->store);
+			lead = l > 0;
+			if (l < 0)
+				r = l;
+		}
+		if (r >= 0 && lead && (r = load_body(c, rid, &body)) >= 0)
+			r = decide(c, rid, body, now_s, &p);
 		if (r >= 0)
 			r = c->store->ops->commit(c->store);
 		if (r < 0)
@@ -1236,11 +1280,22 @@ static int tick_one(struct ctl *c, int64_t rid, int64_t now_s, ctl_rollout_send_
 		r = c->store->ops->rollout_mark(c->store, rid, it->id, now_s, it->revert);
 		if (r >= 0) {
 			_cleanup_free_ char *why =
-				it->revert ? fl_asprintf("revert sent to %s (model %s)", it->id, p.model)
-					   : fl_asprintf("deploy %s@%s sent to %s", p.model,
-							 it->version, it->id);
+				it->revert && it->again
+					? fl_asprintf("revert sent again to %s (model %s; still on it "
+						      "%d s after the takeover)",
+						      it->id, p.model, ROLLOUT_RESEND_S)
+				: it->revert ? fl_asprintf("revert sent to %s (model %s)", it->id, p.model)
+				: it->again ? fl_asprintf("deploy %s@%s sent again to %s (no install "
+							  "of it %d s after the takeover)",
+							  p.model, it->version, it->id,
+							  ROLLOUT_RESEND_S)
+					    : fl_asprintf("deploy %s@%s sent to %s", p.model,
+							  it->version, it->id);
 			r = why ? audit(c, now_s, CTL_ROLLOUT_ACTOR,
-					it->revert ? "rollout.revert" : "rollout.deploy", rid, why)
+					it->revert  ? "rollout.revert"
+					: it->again ? "rollout.redeploy"
+						    : "rollout.deploy",
+					rid, why)
 				: -ENOMEM;
 		}
 	}
@@ -1265,6 +1320,10 @@ int ctl_rollout_tick(struct ctl *c, int64_t now_s, ctl_rollout_send_fn send, voi
 	/* Several instances on one PostgreSQL store: only the leader ticks
 	 * (N stays 0 on the others). */
 	int r = c->store->ops->engine_leader ? c->store->ops->engine_leader(c->store) : 1;
+	if (r > 0 && !c->engine_since_s)
+		c->engine_since_s = now_s > 0 ? now_s : 1;
+	else if (r <= 0)
+		c->engine_since_s = 0;
 	if (r > 0)
 		r = c->store->ops->rollout_list(c->store, ids, CTL_ROLLOUTS_MAX, &n);
 	pthread_mutex_unlock(&c->lock);

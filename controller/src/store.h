@@ -84,6 +84,7 @@ struct ctl_device_filter {
 	const char *accelerator;   /* listed in the device's accelerators */
 	const char *backend;       /* listed in its backends */
 	const char *install_state; /* any model's install state, e.g. "FAILED" */
+	const char *after;         /* keyset cursor: only ids sorting after it */
 };
 #define CTL_STORE_LIST_MAX 10000
 
@@ -217,10 +218,65 @@ struct ctl_store_ops {
 	 * success and held until the connection closes, so a killed leader's
 	 * lock is freed by the server and the next instance to ask takes it. */
 	int (*engine_leader)(struct ctl_store *s);
+
+	/* What the store holds of DEVICE's STREAM between LO and HI: the runs
+	 * of stored seqs (first, last) and the ranges the stored drop reports
+	 * cover, ascending by first, at most MAX into OUT (*RET_N of them).
+	 * The gap tracker of an instance checks its holes against it, since
+	 * with several instances the records of one device reach any of them
+	 * (docs/controller.md "Gaps with several instances"). */
+	int (*tele_covered)(struct ctl_store *s, const char *device, const char *stream,
+			    uint64_t lo, uint64_t hi, uint64_t (*out)[2], size_t max,
+			    size_t *ret_n);
+};
+
+/* One row of device_scan: a device with the current version of each of its
+ * models. Strings valid during the callback only. */
+struct ctl_device_row {
+	const char *id;
+	const char *labels_json;       /* JSON object text as stored */
+	const char *arch;              /* NULL when unknown */
+	bool has_ram;
+	int64_t ram_mb;
+	const char *accelerators_json; /* JSON array text as stored */
+	const char *backends_json;     /* JSON array text as stored */
+	bool online;
+	int64_t last_seen_s;
+	const char *agent_version;     /* NULL when unknown */
+	const char *versions_json;     /* {"model": "current version"|null}, NULL: {} */
+};
+typedef int (*ctl_device_row_fn)(void *userdata, const struct ctl_device_row *r);
+
+/* One row of fleet_counts: COUNT devices of MODEL with VERSION in their
+ * current slot (INSTALL_STATE NULL), or with an install of VERSION in
+ * INSTALL_STATE (never IDLE). Strings valid during the callback only. */
+typedef int (*ctl_fleet_count_fn)(void *userdata, const char *model, const char *version,
+				  const char *install_state, int64_t count);
+/* One (device, model) whose install of a version is neither IDLE nor
+ * COMMITTED (fleet_unhealthy), ascending device id. */
+typedef int (*ctl_fleet_unhealthy_fn)(void *userdata, const char *device, const char *model,
+				      const char *install_state);
+
+/* Operations added after the first table (docs/api.md paging, issue 9
+ * figures); every backend has them. */
+struct ctl_store_ops2 {
+	/* The devices F selects (F->after: keyset cursor, F->limit devices at
+	 * most, 1..CTL_STORE_LIST_MAX + 1, 0: the largest) with their models'
+	 * versions, in one query, ordered by id; FN's negative return stops
+	 * and is returned. */
+	int (*device_scan)(struct ctl_store *s, const struct ctl_device_filter *f,
+			   ctl_device_row_fn fn, void *ud);
+	/* The version distribution and install outcomes in one grouped query
+	 * (GROUP BY model, version, state). */
+	int (*fleet_counts)(struct ctl_store *s, ctl_fleet_count_fn fn, void *ud);
+	/* At most MAX (device, model) pairs whose install is under way or failed. */
+	int (*fleet_unhealthy)(struct ctl_store *s, size_t max, ctl_fleet_unhealthy_fn fn,
+			       void *ud);
 };
 
 struct ctl_store {
 	const struct ctl_store_ops *ops;
+	const struct ctl_store_ops2 *ops2;
 };
 
 /* Open (creating when absent) the SQLite store at PATH, WAL mode, and run

@@ -170,6 +170,8 @@ enum {
 	Q_HEALTH_SCAN,
 	Q_SCHEMA_VERSION,
 	Q_TELE_BATCH,
+	Q_RO_GET_LOCK,
+	Q_TELE_COVERED,
 	Q_COUNT
 };
 
@@ -202,6 +204,7 @@ static const char *const queries[Q_COUNT] = {
 		"  AND ($9::text IS NULL OR (d.backends::jsonb) ? $9::text)"
 		"  AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM device_models m"
 		"         WHERE m.device = d.id AND m.install_state = $10::text))"
+		"  AND ($11::text IS NULL OR d.id > $11::text)"
 		"  ORDER BY d.id LIMIT $6::bigint) d"
 		" LEFT JOIN device_models m ON m.device = d.id"
 		" ORDER BY d.id, m.model",
@@ -241,6 +244,21 @@ static const char *const queries[Q_COUNT] = {
 	[Q_RO_INSERT] = "INSERT INTO rollouts(body, updated) VALUES($1, $2) RETURNING id",
 	[Q_RO_UPDATE] = "UPDATE rollouts SET body = $2, updated = $3 WHERE id = $1",
 	[Q_RO_GET] = "SELECT body FROM rollouts WHERE id = $1",
+	/* inside a transaction: the engine's decision and an operator action
+	 * of another instance take turns on the row */
+	[Q_RO_GET_LOCK] = "SELECT body FROM rollouts WHERE id = $1 FOR UPDATE",
+	/* runs of stored seqs (seq minus its rank is constant along a run) and
+	 * the ranges of the stored drop reports */
+	[Q_TELE_COVERED] =
+		"SELECT MIN(seq), MAX(seq) FROM (SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq)"
+		" AS g FROM telemetry WHERE device = $1 AND stream = $2 AND seq BETWEEN $3::bigint"
+		" AND $4::bigint) t GROUP BY g"
+		" UNION ALL"
+		" SELECT (r ->> 0)::bigint, (r ->> 1)::bigint FROM telemetry,"
+		" jsonb_array_elements(CASE WHEN jsonb_typeof(telemetry.body::jsonb -> 'ranges')"
+		" = 'array' THEN telemetry.body::jsonb -> 'ranges' ELSE '[]'::jsonb END) r"
+		" WHERE device = $1 AND stream = $2 AND kind = 'dropped' AND seq > $3::bigint"
+		" ORDER BY 1 LIMIT $5::bigint",
 	[Q_RO_LIST] = "SELECT id FROM rollouts ORDER BY id LIMIT 10000",
 	[Q_RO_MARK] = "INSERT INTO rollout_devices(rollout, device, sent_at, reverted)"
 		      " VALUES($1, $2, $3, $4) ON CONFLICT(rollout, device) DO UPDATE SET"
@@ -313,7 +331,71 @@ struct pg_store {
 	bool leader; /* holds PG_LEADER_LOCK */
 	bool in_txn;
 	int queued;  /* health_add statements sent in pipeline mode, unread */
+	/* Connection loss (docs/controller.md "Reconnect"): set when a
+	 * statement finds the connection gone; the next statement outside a
+	 * transaction reconnects, at most once per backoff_ms. */
+	bool lost;
+	unsigned attempts;
+	int64_t backoff_ms, retry_at_ms;
 };
+
+#define PG_BACKOFF_MIN_MS 250
+#define PG_BACKOFF_MAX_MS 5000
+
+static int prepare_all(PGconn *c);
+
+/* Note that the connection is gone (logged once per loss). The session's
+ * advisory lock went with it: this instance no longer leads. */
+static void mark_lost(struct pg_store *x)
+{
+	if (x->lost)
+		return;
+	x->lost = true;
+	x->attempts = 0;
+	x->backoff_ms = 0;
+	x->retry_at_ms = 0;
+	x->queued = 0;
+	char msg[256];
+	fl_strlcpy(msg, PQerrorMessage(x->conn), sizeof(msg));
+	msg[strcspn(msg, "\n")] = 0;
+	fl_warn("store(pg): connection lost (%s); reconnecting", msg[0] ? msg : "closed");
+	if (x->leader) {
+		x->leader = false;
+		fl_warn("store(pg): the rollout engine lock went with the connection");
+	}
+}
+
+/* 0 when the connection is usable, reconnecting when it was lost and the
+ * backoff allows; -FL_EDB otherwise (also inside a transaction: the server
+ * ended it with the session, the caller rolls back). */
+static int alive(struct pg_store *x)
+{
+	if (!x->lost && PQstatus(x->conn) == CONNECTION_OK)
+		return 0;
+	mark_lost(x);
+	if (x->in_txn)
+		return -FL_EDB;
+	int64_t now = fl_mono_ms();
+	if (now < x->retry_at_ms)
+		return -FL_EDB;
+	x->attempts++;
+	PQreset(x->conn);
+	if (PQstatus(x->conn) == CONNECTION_OK && prepare_all(x->conn) == 0) {
+		fl_info("store(pg): reconnected (attempt %u)", x->attempts);
+		x->lost = false;
+		return 0;
+	}
+	x->backoff_ms = x->backoff_ms ? x->backoff_ms * 2 : PG_BACKOFF_MIN_MS;
+	if (x->backoff_ms > PG_BACKOFF_MAX_MS)
+		x->backoff_ms = PG_BACKOFF_MAX_MS;
+	x->retry_at_ms = now + x->backoff_ms;
+	char msg[256];
+	fl_strlcpy(msg, PQerrorMessage(x->conn), sizeof(msg));
+	msg[strcspn(msg, "\n")] = 0;
+	fl_warn("store(pg): reconnect failed (attempt %u, next in %lld ms): %s", x->attempts,
+		(long long)x->backoff_ms, msg);
+	return -FL_EDB;
+}
 
 /* Writes that return nothing (health_add, one per model record) are sent in
  * libpq pipeline mode inside a transaction: no round trip each. drain()
@@ -394,21 +476,32 @@ static void p_double(struct params *p, double v)
 	p->n++;
 }
 
-/* Run prepared statement WHICH; NULL (logged) on failure. */
+/* Run prepared statement WHICH; NULL (logged) on failure. Outside a
+ * transaction a statement that finds the connection gone (the server
+ * restarted meanwhile) is run once more after reconnecting. */
 static PGresult *run(struct ctl_store *s, int which, const struct params *p)
 {
+	struct pg_store *x = (struct pg_store *)s;
 	char name[16];
 	snprintf(name, sizeof(name), "q%d", which);
-	if (drain((struct pg_store *)s) < 0)
+	if (alive(x) < 0 || drain(x) < 0)
 		return NULL;
-	PGresult *res = PQexecPrepared(CONN(s), name, p ? p->n : 0, p ? p->v : NULL, NULL, NULL, 0);
-	ExecStatusType st = PQresultStatus(res);
-	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-		return res;
-	fl_warn("store(pg): q%d: %s", which,
-		res ? PQresultErrorMessage(res) : PQerrorMessage(CONN(s)));
-	PQclear(res);
-	return NULL;
+	for (int again = 0;; again++) {
+		PGresult *res = PQexecPrepared(x->conn, name, p ? p->n : 0, p ? p->v : NULL, NULL,
+					       NULL, 0);
+		ExecStatusType st = PQresultStatus(res);
+		if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+			return res;
+		bool gone = PQstatus(x->conn) == CONNECTION_BAD;
+		if (!gone || again || x->in_txn)
+			fl_warn("store(pg): q%d: %s", which,
+				res ? PQresultErrorMessage(res) : PQerrorMessage(x->conn));
+		PQclear(res);
+		if (gone)
+			mark_lost(x);
+		if (!gone || again || x->in_txn || alive(x) < 0)
+			return NULL;
+	}
 }
 
 /* Run a statement that returns no rows (or ignore them). */
@@ -487,9 +580,25 @@ static void pg_close(struct ctl_store *s)
 static int pg_begin(struct ctl_store *s)
 {
 	struct pg_store *x = (struct pg_store *)s;
-	int r = drain(x);
+	x->in_txn = false;
+	int r = alive(x);
 	if (r >= 0)
-		r = exec_sql(x->conn, "BEGIN ISOLATION LEVEL READ COMMITTED");
+		r = drain(x);
+	for (int again = 0; r >= 0; again++) {
+		PGresult *res = PQexec(x->conn, "BEGIN ISOLATION LEVEL READ COMMITTED");
+		bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+		PQclear(res);
+		if (ok)
+			break;
+		if (PQstatus(x->conn) != CONNECTION_BAD || again) {
+			fl_warn("store(pg): BEGIN: %s", PQerrorMessage(x->conn));
+			r = -FL_EDB;
+			break;
+		}
+		/* the server went away while we were idle: reconnect, once */
+		mark_lost(x);
+		r = alive(x);
+	}
 	x->in_txn = r >= 0;
 	return r;
 }
@@ -497,18 +606,28 @@ static int pg_begin(struct ctl_store *s)
 static int pg_commit(struct ctl_store *s)
 {
 	struct pg_store *x = (struct pg_store *)s;
+	if (x->lost)
+		return -FL_EDB; /* the caller rolls back */
 	int r = drain(x);
 	if (r < 0)
 		return r; /* the caller rolls back */
 	x->in_txn = false;
-	return exec_sql(x->conn, "COMMIT");
+	r = exec_sql(x->conn, "COMMIT");
+	if (r < 0 && PQstatus(x->conn) == CONNECTION_BAD)
+		mark_lost(x);
+	return r;
 }
 
 static int pg_rollback(struct ctl_store *s)
 {
 	struct pg_store *x = (struct pg_store *)s;
-	drain(x);
 	x->in_txn = false;
+	if (x->lost || PQstatus(x->conn) == CONNECTION_BAD) {
+		/* the server ended the transaction with the session */
+		mark_lost(x);
+		return 0;
+	}
+	drain(x);
 	return exec_sql(x->conn, "ROLLBACK");
 }
 
@@ -684,6 +803,7 @@ static int pg_device_list(struct ctl_store *s, const struct ctl_device_filter *f
 	p_text(&p, f->accelerator);
 	p_text(&p, f->backend);
 	p_text(&p, f->install_state);
+	p_text(&p, f->after);
 	PGresult *res = run(s, Q_DEV_LIST, &p);
 	if (!res)
 		return -FL_EDB;
@@ -1128,7 +1248,7 @@ static int pg_rollout_get(struct ctl_store *s, int64_t id, char **ret)
 {
 	struct params p = {0};
 	p_int(&p, id);
-	return one_text(s, Q_RO_GET, &p, 0, ret);
+	return one_text(s, ((struct pg_store *)s)->in_txn ? Q_RO_GET_LOCK : Q_RO_GET, &p, 0, ret);
 }
 
 static int pg_rollout_list(struct ctl_store *s, int64_t *ids, size_t max, size_t *ret_n)
@@ -1391,9 +1511,9 @@ static int pg_health_scan(struct ctl_store *s, int64_t id, const char *model,
 static int pg_engine_leader(struct ctl_store *s)
 {
 	struct pg_store *x = (struct pg_store *)s;
-	if (x->leader)
+	if (x->leader && !x->lost)
 		return 1;
-	if (drain(x) < 0)
+	if (alive(x) < 0 || drain(x) < 0)
 		return -FL_EDB;
 	char sql[64];
 	snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%lld)", PG_LEADER_LOCK);
@@ -1404,11 +1524,45 @@ static int pg_engine_leader(struct ctl_store *s)
 	else
 		fl_warn("store(pg): leader lock: %s", PQerrorMessage(x->conn));
 	PQclear(res);
+	if (r < 0 && PQstatus(x->conn) == CONNECTION_BAD)
+		mark_lost(x);
 	if (r == 1) {
 		x->leader = true;
 		fl_info("store(pg): this instance now runs the rollout engine");
 	}
 	return r;
+}
+
+static const struct ctl_store_ops2 pg_ops2; /* at the end of the file */
+
+static int pg_tele_covered(struct ctl_store *s, const char *device, const char *stream,
+			   uint64_t lo, uint64_t hi, uint64_t (*out)[2], size_t max,
+			   size_t *ret_n)
+{
+	*ret_n = 0;
+	if (lo > (uint64_t)INT64_MAX || hi > (uint64_t)INT64_MAX || max > INT32_MAX)
+		return -EINVAL;
+	struct params p = {0};
+	p_text(&p, device);
+	p_text(&p, stream);
+	p_int(&p, (int64_t)lo);
+	p_int(&p, (int64_t)hi);
+	p_int(&p, (int64_t)max);
+	PGresult *res = run(s, Q_TELE_COVERED, &p);
+	if (!res)
+		return -FL_EDB;
+	size_t n = 0;
+	for (int row = 0; row < PQntuples(res) && n < max; row++) {
+		int64_t a = col_int(res, row, 0), b = col_int(res, row, 1);
+		if (a <= 0 || b < a)
+			continue;
+		out[n][0] = (uint64_t)a;
+		out[n][1] = (uint64_t)b;
+		n++;
+	}
+	PQclear(res);
+	*ret_n = n;
+	return 0;
 }
 
 static const struct ctl_store_ops pg_ops = {
@@ -1445,6 +1599,7 @@ static const struct ctl_store_ops pg_ops = {
 	.health_add = pg_health_add,
 	.health_scan = pg_health_scan,
 	.engine_leader = pg_engine_leader,
+	.tele_covered = pg_tele_covered,
 };
 
 /* ---------------------------------------------------------------- open */
@@ -1494,6 +1649,24 @@ fail:
 	return r;
 }
 
+/* Prepare every statement on C (at open and after each reconnect: prepared
+ * statements live in the session). */
+static int prepare_all(PGconn *c)
+{
+	for (int i = 0; i < Q_COUNT; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "q%d", i);
+		PGresult *res = PQprepare(c, name, queries[i], 0, NULL);
+		bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+		if (!ok)
+			fl_err("store(pg): prepare q%d: %s", i, PQresultErrorMessage(res));
+		PQclear(res);
+		if (!ok)
+			return -FL_EDB;
+	}
+	return 0;
+}
+
 static void quiet_notice(void *arg, const char *message)
 {
 	(void)arg;
@@ -1508,6 +1681,7 @@ int ctl_store_open_pg(const char *conninfo, struct ctl_store **ret)
 	if (!x)
 		return -ENOMEM;
 	x->base.ops = &pg_ops;
+	x->base.ops2 = &pg_ops2;
 	int r = -FL_EDB;
 	x->conn = PQconnectdb(conninfo);
 	if (!x->conn || PQstatus(x->conn) != CONNECTION_OK) {
@@ -1518,24 +1692,204 @@ int ctl_store_open_pg(const char *conninfo, struct ctl_store **ret)
 	PQsetNoticeProcessor(x->conn, quiet_notice, NULL);
 	while ((r = migrate_step(x->conn)) == 1)
 		;
-	if (r < 0)
+	if (r < 0 || (r = prepare_all(x->conn)) < 0)
 		goto fail;
-	for (int i = 0; i < Q_COUNT; i++) {
-		char name[16];
-		snprintf(name, sizeof(name), "q%d", i);
-		PGresult *res = PQprepare(x->conn, name, queries[i], 0, NULL);
-		bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-		if (!ok)
-			fl_err("store(pg): prepare q%d: %s", i, PQresultErrorMessage(res));
-		PQclear(res);
-		if (!ok) {
-			r = -FL_EDB;
-			goto fail;
-		}
-	}
 	*ret = &x->base;
 	return 0;
 fail:
 	pg_close(&x->base);
 	return r;
 }
+
+/* ---------------------------------------------------------------- ops2 */
+
+/* Run SQL (not prepared: ops2 statements are rare) with P's parameters;
+ * NULL (logged) on failure. */
+static PGresult *run_sql(struct ctl_store *s, const char *sql, const struct params *p)
+{
+	struct pg_store *x = (struct pg_store *)s;
+	if (alive(x) < 0 || drain(x) < 0)
+		return NULL;
+	PGresult *res = PQexecParams(x->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, NULL,
+				     NULL, 0);
+	ExecStatusType st = PQresultStatus(res);
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+		return res;
+	fl_warn("store(pg): %s", res ? PQresultErrorMessage(res) : PQerrorMessage(x->conn));
+	PQclear(res);
+	if (PQstatus(x->conn) == CONNECTION_BAD)
+		mark_lost(x);
+	return NULL;
+}
+
+/* S as a JSON string into B (device_scan's versions object). */
+static int json_str(struct fl_buf *b, const char *s)
+{
+	if (!s)
+		return fl_buf_append(b, "null", 4);
+	int r = fl_buf_append(b, "\"", 1);
+	for (; r >= 0 && *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		char esc[8];
+		if (ch == '"' || ch == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)ch;
+			r = fl_buf_append(b, esc, 2);
+		} else if (ch < 0x20) {
+			snprintf(esc, sizeof(esc), "\\u%04x", ch);
+			r = fl_buf_append(b, esc, 6);
+		} else {
+			r = fl_buf_append(b, s, 1);
+		}
+	}
+	return r < 0 ? r : fl_buf_append(b, "\"", 1);
+}
+
+/* The devices of one page by their primary key from the cursor on, joined
+ * with their models (one row per device and model, set-based: a correlated
+ * json_object_agg per device costs PostgreSQL ~3x more), each device's
+ * versions gathered into one JSON object here. */
+static int pg_device_scan(struct ctl_store *s, const struct ctl_device_filter *f,
+			  ctl_device_row_fn fn, void *ud)
+{
+	struct params p = {0};
+	p_text(&p, f->label_key);
+	p_text(&p, f->label_value ? f->label_value : "");
+	p_text(&p, f->arch);
+	p_text(&p, f->version);
+	p_int(&p, f->online);
+	/* one more than the largest page: the caller learns whether more follow */
+	size_t limit = f->limit && f->limit <= CTL_STORE_LIST_MAX ? f->limit : CTL_STORE_LIST_MAX + 1;
+	p_int(&p, (int64_t)limit);
+	if (f->min_ram_mb > 0)
+		p_int(&p, f->min_ram_mb);
+	else
+		p_text(&p, NULL);
+	p_text(&p, f->accelerator);
+	p_text(&p, f->backend);
+	p_text(&p, f->install_state);
+	p_text(&p, f->after ? f->after : ""); /* ids are never empty */
+	PGresult *res = run_sql(
+		s,
+		"SELECT d.id, d.labels, d.arch, d.ram_mb, d.accelerators, d.backends, d.online,"
+		" d.last_seen, d.agent_version, m.model, m.current_version FROM"
+		" (SELECT * FROM devices d WHERE d.id > $11::text"
+		"  AND ($1::text IS NULL OR (d.labels::jsonb) ->> $1::text = $2::text)"
+		"  AND ($3::text IS NULL OR d.arch = $3::text)"
+		"  AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"       WHERE m.device = d.id AND m.current_version = $4::text))"
+		"  AND ($5::int < 0 OR d.online = $5::int)"
+		"  AND ($7::bigint IS NULL OR d.ram_mb >= $7::bigint)"
+		"  AND ($8::text IS NULL OR (d.accelerators::jsonb) ? $8::text)"
+		"  AND ($9::text IS NULL OR (d.backends::jsonb) ? $9::text)"
+		"  AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"       WHERE m.device = d.id AND m.install_state = $10::text))"
+		"  ORDER BY d.id LIMIT $6::bigint) d"
+		" LEFT JOIN device_models m ON m.device = d.id"
+		" ORDER BY d.id, m.model",
+		&p);
+	if (!res)
+		return -FL_EDB;
+	int rc = 0, n = PQntuples(res);
+	struct fl_buf v = {0};
+	for (int row = 0; row < n && rc >= 0;) {
+		/* rows ROW..END-1 are one device */
+		const char *id = col_text(res, row, 0);
+		int end = row + 1;
+		while (end < n && id && !strcmp(id, PQgetvalue(res, end, 0)))
+			end++;
+		v.len = 0;
+		rc = fl_buf_append(&v, "{", 1);
+		for (int k = row; rc >= 0 && k < end; k++) {
+			if (PQgetisnull(res, k, 9))
+				continue;
+			if (v.len > 1)
+				rc = fl_buf_append(&v, ",", 1);
+			if (rc >= 0)
+				rc = json_str(&v, col_text(res, k, 9));
+			if (rc >= 0)
+				rc = fl_buf_append(&v, ":", 1);
+			if (rc >= 0)
+				rc = json_str(&v, col_text(res, k, 10));
+		}
+		if (rc >= 0)
+			rc = fl_buf_append(&v, "}", 1);
+		struct ctl_device_row d = {
+			.id = id,
+			.labels_json = col_text(res, row, 1),
+			.arch = col_text(res, row, 2),
+			.has_ram = !PQgetisnull(res, row, 3),
+			.ram_mb = col_int(res, row, 3),
+			.accelerators_json = col_text(res, row, 4),
+			.backends_json = col_text(res, row, 5),
+			.online = col_int(res, row, 6) != 0,
+			.last_seen_s = col_int(res, row, 7),
+			.agent_version = col_text(res, row, 8),
+			.versions_json = v.p,
+		};
+		if (rc >= 0 && d.id)
+			rc = fn(ud, &d);
+		row = end;
+	}
+	fl_buf_free(&v);
+	PQclear(res);
+	return rc < 0 ? rc : 0;
+}
+
+static int pg_fleet_counts(struct ctl_store *s, ctl_fleet_count_fn fn, void *ud)
+{
+	PGresult *res =
+		run_sql(s,
+			"SELECT model, current_version, NULL, COUNT(*) FROM device_models"
+			" WHERE current_version IS NOT NULL GROUP BY model, current_version"
+			" UNION ALL"
+			" SELECT model, install_version, install_state, COUNT(*) FROM device_models"
+			" WHERE install_version IS NOT NULL AND install_state IS NOT NULL"
+			" AND install_state <> 'IDLE'"
+			" GROUP BY model, install_version, install_state",
+			NULL);
+	if (!res)
+		return -FL_EDB;
+	int rc = 0;
+	for (int row = 0; row < PQntuples(res); row++) {
+		const char *m = col_text(res, row, 0), *v = col_text(res, row, 1);
+		if (!m || !v)
+			continue;
+		if ((rc = fn(ud, m, v, col_text(res, row, 2), col_int(res, row, 3))) < 0)
+			break;
+	}
+	PQclear(res);
+	return rc < 0 ? rc : 0;
+}
+
+static int pg_fleet_unhealthy(struct ctl_store *s, size_t max, ctl_fleet_unhealthy_fn fn,
+			      void *ud)
+{
+	struct params p = {0};
+	p_int(&p, (int64_t)max);
+	PGresult *res = run_sql(s,
+				"SELECT device, model, install_state FROM device_models"
+				" WHERE install_version IS NOT NULL AND install_state IS NOT NULL"
+				" AND install_state NOT IN ('IDLE', 'COMMITTED')"
+				" ORDER BY device, model LIMIT $1::bigint",
+				&p);
+	if (!res)
+		return -FL_EDB;
+	int rc = 0;
+	for (int row = 0; row < PQntuples(res); row++) {
+		const char *d = col_text(res, row, 0), *m = col_text(res, row, 1),
+			   *is = col_text(res, row, 2);
+		if (!d || !m || !is)
+			continue;
+		if ((rc = fn(ud, d, m, is)) < 0)
+			break;
+	}
+	PQclear(res);
+	return rc < 0 ? rc : 0;
+}
+
+static const struct ctl_store_ops2 pg_ops2 = {
+	.device_scan = pg_device_scan,
+	.fleet_counts = pg_fleet_counts,
+	.fleet_unhealthy = pg_fleet_unhealthy,
+};

@@ -8,6 +8,7 @@
 
 #include <flotilla/cleanup.h>
 #include <flotilla/error.h>
+#include <flotilla/log.h>
 #include <flotilla/util.h>
 
 #include "store.h"
@@ -199,6 +200,7 @@ static const char *const queries[Q_COUNT] = {
 		"         WHERE j.value = ?9))"
 		"  AND (?10 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
 		"         WHERE m.device = d.id AND m.install_state = ?10))"
+		"  AND (?11 IS NULL OR d.id > ?11)"
 		"  ORDER BY d.id LIMIT ?6) d"
 		" LEFT JOIN device_models m ON m.device = d.id"
 		" ORDER BY d.id, m.model",
@@ -567,6 +569,7 @@ static int sq_device_list(struct ctl_store *s, const struct ctl_device_filter *f
 	bind_text(st, 8, f->accelerator);
 	bind_text(st, 9, f->backend);
 	bind_text(st, 10, f->install_state);
+	bind_text(st, 11, f->after);
 
 	cJSON *root = cJSON_CreateObject();
 	cJSON *arr = root ? cJSON_AddArrayToObject(root, "devices") : NULL;
@@ -1260,6 +1263,11 @@ static int sq_engine_leader(struct ctl_store *s)
 	return 1;
 }
 
+static const struct ctl_store_ops2 sq_ops2; /* at the end of the file */
+static int sq_tele_covered(struct ctl_store *s, const char *device, const char *stream,
+			   uint64_t lo, uint64_t hi, uint64_t (*out)[2], size_t max,
+			   size_t *ret_n); /* at the end of the file */
+
 static const struct ctl_store_ops sq_ops = {
 	.close = sq_close,
 	.begin = sq_begin,
@@ -1293,6 +1301,7 @@ static const struct ctl_store_ops sq_ops = {
 	.health_add = sq_health_add,
 	.health_scan = sq_health_scan,
 	.engine_leader = sq_engine_leader,
+	.tele_covered = sq_tele_covered,
 };
 
 /* ---------------------------------------------------------------- open */
@@ -1337,6 +1346,7 @@ int ctl_store_open_sqlite(const char *path, struct ctl_store **ret)
 	if (!x)
 		return -ENOMEM;
 	x->base.ops = &sq_ops;
+	x->base.ops2 = &sq_ops2;
 	int r = -FL_EDB;
 	if (sqlite3_open_v2(path, &x->db,
 			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -1375,4 +1385,194 @@ void ctl_store_close(struct ctl_store *s)
 {
 	if (s)
 		s->ops->close(s);
+}
+
+/* ---------------------------------------------------------------- ops2 */
+
+/* Prepare SQL on S's connection (statements of ops2 are rare: one per
+ * page or dashboard refresh). */
+static int sq_prepare(struct ctl_store *s, const char *sql, sqlite3_stmt **ret)
+{
+	sqlite3 *db = ((struct sq_store *)s)->db;
+	if (sqlite3_prepare_v2(db, sql, -1, ret, NULL) != SQLITE_OK) {
+		fl_warn("store(sqlite): %s", sqlite3_errmsg(db));
+		return -FL_EDB;
+	}
+	return 0;
+}
+
+/* One pass over the devices table in id order from the cursor on (an
+ * index range, no sort), each device's models as one JSON object built by
+ * SQLite from device_models' primary key. */
+static int sq_device_scan(struct ctl_store *s, const struct ctl_device_filter *f,
+			  ctl_device_row_fn fn, void *ud)
+{
+	sqlite3_stmt *st;
+	int r = sq_prepare(
+		s,
+		"SELECT d.id, d.labels, d.arch, d.ram_mb, d.accelerators, d.backends, d.online,"
+		" d.last_seen, d.agent_version,"
+		" (SELECT json_group_object(m.model, m.current_version) FROM device_models m"
+		"  WHERE m.device = d.id)"
+		" FROM devices d WHERE d.id > ?11"
+		" AND (?1 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.labels) j"
+		"      WHERE j.key = ?1 AND j.value = ?2))"
+		" AND (?3 IS NULL OR d.arch = ?3)"
+		" AND (?4 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"      WHERE m.device = d.id AND m.current_version = ?4))"
+		" AND (?5 < 0 OR d.online = ?5)"
+		" AND (?7 IS NULL OR d.ram_mb >= ?7)"
+		" AND (?8 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.accelerators) j"
+		"      WHERE j.value = ?8))"
+		" AND (?9 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.backends) j"
+		"      WHERE j.value = ?9))"
+		" AND (?10 IS NULL OR EXISTS (SELECT 1 FROM device_models m"
+		"      WHERE m.device = d.id AND m.install_state = ?10))"
+		" ORDER BY d.id LIMIT ?6",
+		&st);
+	if (r < 0)
+		return r;
+	bind_text(st, 1, f->label_key);
+	bind_text(st, 2, f->label_value ? f->label_value : "");
+	bind_text(st, 3, f->arch);
+	bind_text(st, 4, f->version);
+	sqlite3_bind_int(st, 5, f->online);
+	/* one more than the largest page: the caller learns whether more follow */
+	size_t limit = f->limit && f->limit <= CTL_STORE_LIST_MAX ? f->limit : CTL_STORE_LIST_MAX + 1;
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)limit);
+	if (f->min_ram_mb > 0)
+		sqlite3_bind_int64(st, 7, f->min_ram_mb);
+	bind_text(st, 8, f->accelerator);
+	bind_text(st, 9, f->backend);
+	bind_text(st, 10, f->install_state);
+	bind_text(st, 11, f->after ? f->after : ""); /* ids are never empty */
+	int rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		struct ctl_device_row d = {
+			.id = col_text(st, 0),
+			.labels_json = col_text(st, 1),
+			.arch = col_text(st, 2),
+			.has_ram = sqlite3_column_type(st, 3) != SQLITE_NULL,
+			.ram_mb = sqlite3_column_int64(st, 3),
+			.accelerators_json = col_text(st, 4),
+			.backends_json = col_text(st, 5),
+			.online = sqlite3_column_int(st, 6) != 0,
+			.last_seen_s = sqlite3_column_int64(st, 7),
+			.agent_version = col_text(st, 8),
+			.versions_json = col_text(st, 9),
+		};
+		if (!d.id)
+			continue;
+		if ((rc = fn(ud, &d)) < 0)
+			break;
+	}
+	if (rc >= 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int sq_fleet_counts(struct ctl_store *s, ctl_fleet_count_fn fn, void *ud)
+{
+	sqlite3_stmt *st;
+	int r = sq_prepare(s,
+			   "SELECT model, current_version, NULL, COUNT(*) FROM device_models"
+			   " WHERE current_version IS NOT NULL GROUP BY model, current_version"
+			   " UNION ALL"
+			   " SELECT model, install_version, install_state, COUNT(*) FROM device_models"
+			   " WHERE install_version IS NOT NULL AND install_state IS NOT NULL"
+			   " AND install_state <> 'IDLE'"
+			   " GROUP BY model, install_version, install_state",
+			   &st);
+	if (r < 0)
+		return r;
+	int rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *m = col_text(st, 0), *v = col_text(st, 1);
+		if (!m || !v)
+			continue;
+		if ((rc = fn(ud, m, v, col_text(st, 2), sqlite3_column_int64(st, 3))) < 0)
+			break;
+	}
+	if (rc >= 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int sq_fleet_unhealthy(struct ctl_store *s, size_t max, ctl_fleet_unhealthy_fn fn,
+			      void *ud)
+{
+	sqlite3_stmt *st;
+	int r = sq_prepare(s,
+			   "SELECT device, model, install_state FROM device_models"
+			   " WHERE install_version IS NOT NULL AND install_state IS NOT NULL"
+			   " AND install_state NOT IN ('IDLE', 'COMMITTED')"
+			   " ORDER BY device, model LIMIT ?1",
+			   &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
+	int rc = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *d = col_text(st, 0), *m = col_text(st, 1), *is = col_text(st, 2);
+		if (!d || !m || !is)
+			continue;
+		if ((rc = fn(ud, d, m, is)) < 0)
+			break;
+	}
+	if (rc >= 0 && r != SQLITE_DONE)
+		rc = -FL_EDB;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static const struct ctl_store_ops2 sq_ops2 = {
+	.device_scan = sq_device_scan,
+	.fleet_counts = sq_fleet_counts,
+	.fleet_unhealthy = sq_fleet_unhealthy,
+};
+
+/* ---------------------------------------------------------------- gaps */
+
+/* tele_covered: runs of stored seqs (gaps and islands: seq minus its rank
+ * is constant along a run) and the ranges of stored drop reports. */
+static int sq_tele_covered(struct ctl_store *s, const char *device, const char *stream,
+			   uint64_t lo, uint64_t hi, uint64_t (*out)[2], size_t max,
+			   size_t *ret_n)
+{
+	*ret_n = 0;
+	if (lo > (uint64_t)INT64_MAX || hi > (uint64_t)INT64_MAX || max > INT32_MAX)
+		return -EINVAL;
+	sqlite3_stmt *st;
+	int r = sq_prepare(s,
+			   "SELECT MIN(seq), MAX(seq) FROM (SELECT seq, seq - ROW_NUMBER()"
+			   " OVER (ORDER BY seq) AS g FROM telemetry WHERE device = ?1"
+			   " AND stream = ?2 AND seq BETWEEN ?3 AND ?4) GROUP BY g"
+			   " UNION ALL"
+			   " SELECT json_extract(r.value, '$[0]'), json_extract(r.value, '$[1]')"
+			   " FROM telemetry, json_each(telemetry.body, '$.ranges') r"
+			   " WHERE device = ?1 AND stream = ?2 AND kind = 'dropped' AND seq > ?3"
+			   " ORDER BY 1 LIMIT ?5",
+			   &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, stream, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)lo);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)hi);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)max);
+	size_t n = 0;
+	while ((r = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+		sqlite3_int64 a = sqlite3_column_int64(st, 0), b = sqlite3_column_int64(st, 1);
+		if (a <= 0 || b < a)
+			continue;
+		out[n][0] = (uint64_t)a;
+		out[n][1] = (uint64_t)b;
+		n++;
+	}
+	int rc = r == SQLITE_DONE || r == SQLITE_ROW ? 0 : -FL_EDB;
+	sqlite3_finalize(st);
+	*ret_n = n;
+	return rc;
 }
