@@ -10,6 +10,7 @@ PKGS=(
   mosquitto mosquitto-clients sqlite3 curl git ca-certificates xxd jq
   lintian systemd libxgboost-dev libmosquitto-dev chromium fonts-dejavu-core
   procps python3 iproute2 libpq-dev postgresql
+  iptables faketime libfaketime
 )
 # Tools that may come from elsewhere (nodejs from NodeSource ships npm):
 # install the Debian package only when the command is missing.

@@ -79,6 +79,7 @@ struct req {
 	struct fl_mqtt *m;
 	enum req_kind kind;
 	bool abandoned;          /* failed to the caller already; free silently */
+	bool orphan;             /* in m->orphans: its Paho client was set aside */
 	int qos;
 	size_t len;
 	uint64_t token;
@@ -113,6 +114,9 @@ struct fl_mqtt {
 	int inflight;
 	int n_reqs;
 	struct req *reqs;
+	/* Requests of Paho clients set aside by replace_client(): Paho never
+	 * answers them; freed by fl_mqtt_free(). */
+	struct req *orphans;
 	struct sub subs[FL_MQTT_MAX_SUBS];
 	int n_subs;
 	int efd;
@@ -124,6 +128,9 @@ struct fl_mqtt {
 	struct fl_mqtt_stats st;
 	char ssl_text[FL_MQTT_TEXT_MAX];
 	int disc_reason;
+	/* A QoS 1 publish failed on a dead socket: Paho's state for this client
+	 * is unsafe to use again (see replace_client()). */
+	bool poisoned;
 	struct qnode conn_node; /* connect result */
 	struct qnode lost_node; /* connection lost */
 };
@@ -428,10 +435,46 @@ static void on_req_fail(void *ctx, MQTTAsync_failureData5 *r)
 			snprintf(n->text, sizeof(n->text), "%s", r->message);
 		else
 			snprintf(n->text, sizeof(n->text), "failed (paho %d)", r->code);
+		/* Paho 1.3.12 (Debian bookworm): when writing a QoS 1 PUBLISH
+		 * fails (socket error: the connection died under it), its send
+		 * thread calls us here and then frees the command's topic and
+		 * payload, which the message it already put in the session's
+		 * in-flight list still points to. The next connect that resumes
+		 * the session re-sends that message from freed memory (and
+		 * ending the session frees it a second time). This client must
+		 * not connect again: do_connect() replaces it. docs/mqtt.md
+		 * "Paho's send failure". */
+		if (q->kind == REQ_PUB && q->qos > 0 && (int)r->reasonCode < 0x80 &&
+		    (r->code == MQTTASYNC_FAILURE || r->code == MQTTASYNC_PERSISTENCE_ERROR))
+			m->poisoned = true;
 	}
 	if (!n->queued)
 		push_locked(m, n);
 	pthread_mutex_unlock(&m->lock);
+}
+
+/* Callbacks of a client set aside by replace_client(): nothing reaches us. */
+static void noop_lost(void *ctx, char *cause)
+{
+	(void)ctx;
+	if (cause)
+		MQTTAsync_free(cause);
+}
+
+static int noop_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+	(void)ctx;
+	(void)topic_len;
+	MQTTAsync_freeMessage(&msg);
+	MQTTAsync_free(topic);
+	return 1;
+}
+
+static void noop_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonCodes rc)
+{
+	(void)ctx;
+	(void)props;
+	(void)rc;
 }
 
 /* ---- helpers (owner) ---- */
@@ -452,14 +495,16 @@ static int64_t schedule_retry(struct fl_mqtt *m, bool was_connected)
 {
 	int64_t now = fl_mono_ms();
 	if (was_connected && now - m->connected_at_ms > FL_MQTT_BACKOFF_RESET_MS)
-		m->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
+		m->backoff_ms = m->o.backoff_min_ms;
 	int64_t d = jitter(m, m->backoff_ms);
-	m->backoff_ms = m->backoff_ms * 2 > FL_MQTT_BACKOFF_MAX_MS ? FL_MQTT_BACKOFF_MAX_MS
-								  : m->backoff_ms * 2;
+	m->backoff_ms = m->backoff_ms * 2 > m->o.backoff_max_ms ? m->o.backoff_max_ms
+								 : m->backoff_ms * 2;
 	m->retry_at_ms = now + d;
 	m->state = ST_WAITING;
 	return d;
 }
+
+static int replace_client(struct fl_mqtt *m);
 
 static int do_connect(struct fl_mqtt *m)
 {
@@ -499,7 +544,12 @@ static int do_connect(struct fl_mqtt *m)
 	pthread_mutex_lock(&m->lock);
 	m->ssl_text[0] = '\0';
 	m->disc_reason = -1;
+	bool poisoned = m->poisoned;
 	pthread_mutex_unlock(&m->lock);
+	if (poisoned && replace_client(m) < 0) {
+		schedule_retry(m, false); /* no memory for a new client: later */
+		return -FL_ENET;
+	}
 	m->state = ST_CONNECTING;
 	int rc = MQTTAsync_connect(m->client, &co);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -579,37 +629,117 @@ static int err_of_reason(int reason)
 	}
 }
 
-/* Fail every unfinished publish of KIND_QOS (0: QoS 0 only, 1: all) to the
- * caller, as PUBLISH_FAILED events placed at the queue's head. */
+/* Fail publish Q to the caller now, as a PUBLISH_FAILED event placed at the
+ * queue's head (a synthetic node, not the embedded one: Paho may still
+ * complete the request and use it). */
+static void abandon_pub(struct fl_mqtt *m, struct req *q, const char *why)
+{
+	struct qnode *n = calloc(1, sizeof(*n));
+	if (!n)
+		return; /* the slot stays taken until Paho answers */
+	n->kind = Q_PUB_DONE;
+	n->ok = false;
+	n->reason = -1;
+	n->code = -ENOTCONN;
+	n->req = q;
+	snprintf(n->text, sizeof(n->text), "%s", why);
+	q->abandoned = true;
+	m->inflight--;
+	pthread_mutex_lock(&m->lock);
+	bool was_empty = m->head == NULL;
+	n->next = m->head;
+	n->queued = true;
+	m->head = n;
+	if (!m->tail)
+		m->tail = n;
+	m->st.publish_failed++;
+	wake_locked(m, was_empty);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Fail every unfinished publish (ALL: of any QoS; else QoS 0 only) to the
+ * caller. */
 static void abandon_pubs(struct fl_mqtt *m, bool all, const char *why)
 {
-	for (struct req *q = m->reqs; q; q = q->next) {
-		if (q->kind != REQ_PUB || q->abandoned || (!all && q->qos > 0))
-			continue;
-		/* A synthetic node, not the embedded one (Paho may still complete
-		 * the request and use it). */
-		struct qnode *n = calloc(1, sizeof(*n));
-		if (!n)
-			continue; /* the slot stays taken until Paho answers */
-		n->kind = Q_PUB_DONE;
-		n->ok = false;
-		n->reason = -1;
-		n->code = -ENOTCONN;
-		n->req = q;
-		snprintf(n->text, sizeof(n->text), "%s", why);
-		q->abandoned = true;
-		m->inflight--;
-		pthread_mutex_lock(&m->lock);
-		bool was_empty = m->head == NULL;
-		n->next = m->head;
-		n->queued = true;
-		m->head = n;
-		if (!m->tail)
-			m->tail = n;
-		m->st.publish_failed++;
-		wake_locked(m, was_empty);
-		pthread_mutex_unlock(&m->lock);
+	for (struct req *q = m->reqs; q; q = q->next)
+		if (q->kind == REQ_PUB && !q->abandoned && (all || q->qos == 0))
+			abandon_pub(m, q, why);
+}
+
+/* Create the Paho client and hook our callbacks. */
+static int paho_create(struct fl_mqtt *m)
+{
+	MQTTAsync_createOptions cr = MQTTAsync_createOptions_initializer5;
+	cr.sendWhileDisconnected = 0;
+	cr.maxBufferedMessages = m->o.max_inflight + FL_MQTT_MAX_SUBS + 16;
+	MQTTAsync c = NULL;
+	int rc = MQTTAsync_createWithOptions(&c, m->uri, m->client_id, MQTTCLIENT_PERSISTENCE_NONE,
+					     NULL, &cr);
+	if (rc != MQTTASYNC_SUCCESS)
+		return rc == MQTTASYNC_BAD_PROTOCOL ? -EINVAL : -FL_ENET;
+	if (MQTTAsync_setCallbacks(c, m, on_lost, on_message, NULL) != MQTTASYNC_SUCCESS ||
+	    MQTTAsync_setDisconnected(c, m, on_disconnected) != MQTTASYNC_SUCCESS) {
+		MQTTAsync_destroy(&c);
+		return -FL_ENET;
 	}
+	m->client = c;
+	return 0;
+}
+
+/* The current Paho client is poisoned (on_req_fail()): set it aside for
+ * good and create a new one. The old client is closed (its connection-lost
+ * callback has run) and is never connected or destroyed again: destroying
+ * it would free the dangling message a second time. Its callbacks go to
+ * no-ops; its requests that Paho has not answered are failed to the caller
+ * (publishes) or sent again on connect (subscriptions), and their memory
+ * is kept until fl_mqtt_free(). Costs: the old client's memory (a few KiB)
+ * stays allocated; the new client's first connect may take ~2 s (Paho's
+ * receive thread notices a new socket late). Owner's thread. */
+static int replace_client(struct fl_mqtt *m)
+{
+	MQTTAsync old = m->client;
+	m->client = NULL;
+	int r = paho_create(m);
+	if (r < 0) {
+		m->client = old;
+		return r;
+	}
+	/* Paho refuses new callbacks while a connect is in progress; a
+	 * poisoned client is closed, so this does not fail. If it did, the old
+	 * callbacks stay: they only queue events for m. */
+	MQTTAsync_setCallbacks(old, NULL, noop_lost, noop_message, NULL);
+	MQTTAsync_setDisconnected(old, NULL, noop_disconnected);
+	for (struct req *q = m->reqs, *next; q; q = next) {
+		next = q->next;
+		pthread_mutex_lock(&m->lock);
+		bool queued = q->node.queued;
+		pthread_mutex_unlock(&m->lock);
+		if (queued)
+			continue; /* answered already: next_event() frees it */
+		if (q->kind == REQ_PUB && !q->abandoned)
+			abandon_pub(m, q, "connection lost before the broker acknowledged it");
+		if (q->kind == REQ_SUB && q->sub_idx >= 0 && q->sub_idx < m->n_subs)
+			m->subs[q->sub_idx].pending = false;
+		/* Move to the orphans: a synthetic failure event may still name it. */
+		q->orphan = true;
+		if (q->prev)
+			q->prev->next = q->next;
+		else
+			m->reqs = q->next;
+		if (q->next)
+			q->next->prev = q->prev;
+		m->n_reqs--;
+		q->prev = NULL;
+		q->next = m->orphans;
+		if (m->orphans)
+			m->orphans->prev = q;
+		m->orphans = q;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->poisoned = false;
+	m->st.clients_replaced++;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
 }
 
 /* ---- public ---- */
@@ -708,6 +838,11 @@ int fl_mqtt_new(const struct fl_mqtt_opts *o, struct fl_mqtt **ret)
 			      (o->will_len && !o->will_payload) || o->will_qos < 0 ||
 			      o->will_qos > 1))
 		return -EINVAL;
+	if (o->backoff_min_ms < 0 || o->backoff_max_ms < 0 ||
+	    (o->backoff_min_ms && o->backoff_min_ms < 10) || o->backoff_min_ms > FL_MQTT_BACKOFF_MAX_MS ||
+	    (o->backoff_max_ms && o->backoff_max_ms < 10) || o->backoff_max_ms > FL_MQTT_BACKOFF_MAX_MS ||
+	    (o->backoff_min_ms && o->backoff_max_ms && o->backoff_min_ms > o->backoff_max_ms))
+		return -EINVAL;
 	if (tls) {
 		int r;
 		if ((r = check_file(o->ca_file)) < 0 || (r = check_file(o->cert_file)) < 0 ||
@@ -754,17 +889,8 @@ int fl_mqtt_new(const struct fl_mqtt_opts *o, struct fl_mqtt **ret)
 		if (m->efd < 0)
 			r = -errno;
 	}
-	if (r == 0) {
-		MQTTAsync_createOptions cr = MQTTAsync_createOptions_initializer5;
-		cr.sendWhileDisconnected = 0;
-		cr.maxBufferedMessages = o->max_inflight + FL_MQTT_MAX_SUBS + 16;
-		int rc = MQTTAsync_createWithOptions(&m->client, m->uri, m->client_id,
-						     MQTTCLIENT_PERSISTENCE_NONE, NULL, &cr);
-		if (rc != MQTTASYNC_SUCCESS) {
-			m->client = NULL;
-			r = rc == MQTTASYNC_BAD_PROTOCOL ? -EINVAL : -FL_ENET;
-		}
-	}
+	if (r == 0)
+		r = paho_create(m);
 	/* After create: Paho's allocator state lives while a client exists, so
 	 * its allocations must too (freed before MQTTAsync_destroy()). */
 	if (r == 0) {
@@ -783,15 +909,17 @@ int fl_mqtt_new(const struct fl_mqtt_opts *o, struct fl_mqtt **ret)
 		 * the broker's size limit bounds what reaches us. docs/mqtt.md
 		 * "Message size". */
 	}
-	if (r == 0 && (MQTTAsync_setCallbacks(m->client, m, on_lost, on_message, NULL) !=
-			       MQTTASYNC_SUCCESS ||
-		       MQTTAsync_setDisconnected(m->client, m, on_disconnected) != MQTTASYNC_SUCCESS))
-		r = -FL_ENET;
 	if (r < 0) {
 		fl_mqtt_free(m);
 		return r;
 	}
-	m->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
+	if (!m->o.backoff_min_ms)
+		m->o.backoff_min_ms = FL_MQTT_BACKOFF_MIN_MS;
+	if (!m->o.backoff_max_ms)
+		m->o.backoff_max_ms = FL_MQTT_BACKOFF_MAX_MS;
+	if (m->o.backoff_min_ms > m->o.backoff_max_ms)
+		m->o.backoff_max_ms = m->o.backoff_min_ms; /* e.g. only a larger min was given */
+	m->backoff_ms = m->o.backoff_min_ms;
 	m->rng = (uint64_t)fl_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)m;
 	if (m->rng == 0)
 		m->rng = 0x9E3779B97F4A7C15ull;
@@ -1070,6 +1198,8 @@ int fl_mqtt_next_event(struct fl_mqtt *m, struct fl_mqtt_event *ret)
 			/* n is the req's embedded node, or a synthetic one (abandon). */
 			struct req *q = n->req ? n->req : (struct req *)((char *)n - offsetof(struct req, node));
 			bool synthetic = n->req != NULL;
+			if (!synthetic && q->orphan)
+				continue; /* not expected: Paho answered a set-aside client */
 			if (!synthetic && q->abandoned) {
 				req_free(m, q); /* already failed to the caller */
 				continue;
@@ -1099,6 +1229,8 @@ int fl_mqtt_next_event(struct fl_mqtt *m, struct fl_mqtt_event *ret)
 		}
 		case Q_SUB_DONE: {
 			struct req *q = (struct req *)((char *)n - offsetof(struct req, node));
+			if (q->orphan)
+				continue; /* as above */
 			int idx = q->sub_idx;
 			bool ok = n->ok;
 			ev.type = ok ? FL_MQTT_EV_SUBSCRIBED : FL_MQTT_EV_SUBSCRIBE_FAILED;
@@ -1182,6 +1314,10 @@ void fl_mqtt_free(struct fl_mqtt *m)
 	}
 	while (m->reqs)
 		req_free(m, m->reqs);
+	for (struct req *q = m->orphans, *next; q; q = next) {
+		next = q->next;
+		free(q);
+	}
 	for (int i = 0; i < m->n_subs; i++)
 		free(m->subs[i].topic);
 	if (m->efd >= 0)

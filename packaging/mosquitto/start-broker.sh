@@ -30,6 +30,9 @@
 #   FL_BROKER_WAIT_S  how long to wait for the port (10 s)
 #   FL_BROKER_DEBUG   1: log_type all (denied publishes, subscriptions, pings)
 #   FL_BROKER_PERSIST 0: no persistence (default 1: DIR/broker/state/)
+#   FL_BROKER_MESSAGE_SIZE_LIMIT  largest PUBLISH payload in bytes (2097152,
+#                     as in production; 0: none, for benchmarks that send
+#                     larger reference messages)
 #
 # Exit status: 0 when the broker runs and accepts connections; 1 on any
 # failure (message and log tail on stderr; no broker left running); 2 usage.
@@ -61,6 +64,11 @@ for f in ca.crt "$server.crt" "$server.key"; do
 done
 [ -r "$acl_src" ] || die "ACL file $acl_src missing"
 persist=${FL_BROKER_PERSIST:-1}
+msg_limit=${FL_BROKER_MESSAGE_SIZE_LIMIT:-2097152}
+case $msg_limit in
+  ''|*[!0-9]*) echo "start-broker: FL_BROKER_MESSAGE_SIZE_LIMIT must be a number of bytes" >&2; exit 2 ;;
+esac
+[ "$msg_limit" -le 268435455 ] || { echo "start-broker: FL_BROKER_MESSAGE_SIZE_LIMIT above MQTT's 268435455" >&2; exit 2; }
 
 if [ "$(id -u)" = 0 ]; then
   user=${FL_BROKER_USER:-mosquitto}
@@ -132,6 +140,7 @@ rm -f "$pidfile" "$logfile"
   sed -e "s|@PORT@|$port|g" -e "s|@BIND@|$bind|g" \
       -e "s|@CAFILE@|$run/tls/ca.crt|g" -e "s|@CERTFILE@|$run/tls/server.crt|g" \
       -e "s|@KEYFILE@|$run/tls/server.key|g" -e "s|@ACLFILE@|$run/acl|g" \
+      -e "s|@MESSAGE_SIZE_LIMIT@|$msg_limit|g" \
       ${crl_sed[@]+"${crl_sed[@]}"} "$here/flotilla.conf.in"
 } > "$run/mosquitto.conf"
 

@@ -21,7 +21,11 @@
 #     real broker;
 #  6. a device connecting with another device's client id does not take over
 #     that device's session (use_username_as_clientid);
-#  7. TLS 1.1 is refused, TLS 1.2 accepted (tls_version tlsv1.2 = minimum).
+#  7. TLS 1.1 is refused, TLS 1.2 accepted (tls_version tlsv1.2 = minimum);
+#  8. message_size_limit (2 MiB): a 2 MiB + 1 publish from the controller to
+#     devB's chunk/dat is refused (QoS 1: PUBACK with an error, broker log
+#     "Dropped too large PUBLISH") and never delivered, while a 2 MiB one, a
+#     chunk-sized (256 KiB + 52) one and a small cmd before and after it are.
 # Every wait is bounded; the brokers and subscribers are stopped on any exit.
 set -uo pipefail
 
@@ -253,6 +257,43 @@ out=$(tls_try -tls1_1)
 if grep -q "alert protocol version" <<<"$out"; then pass "TLS 1.1 refused (alert protocol version)"; else fail "TLS 1.1 not refused: $(tail -5 <<<"$out")"; fi
 out=$(tls_try -tls1_2)
 if grep -q "Protocol  *: TLSv1.2" <<<"$out" && grep -q "Verify return code: 0 (ok)" <<<"$out"; then pass "TLS 1.2 accepted"; else fail "TLS 1.2 handshake failed: $(tail -5 <<<"$out")"; fi
+
+# 8: message size limit. Payloads are one letter repeated, so each delivered
+# message is one line whose length tells which one it was.
+limit=2097152
+sub big "$B" flotilla/v1/dev/devB/chunk/dat flotilla/v1/dev/devB/cmd
+mk() { head -c "$2" /dev/zero | tr '\0' "$1" >"$tmp/pay-$1"; }
+pubf() { # IDENTITY-OPTS TOPIC FILE: QoS 1, payload from FILE; $out, $rc
+  # shellcheck disable=SC2086
+  out=$(timeout 20 mosquitto_pub -h 127.0.0.1 -p "$PORT" -V 5 -q 1 $1 -t "$2" -f "$3" 2>&1)
+  rc=$?
+}
+mk c $((256 * 1024 + 52)); mk e "$limit"; mk o $((limit + 1))
+pub "$CTL" flotilla/v1/dev/devB/cmd "small-before"
+pubf "$CTL" flotilla/v1/dev/devB/chunk/dat "$tmp/pay-c"
+rc_c=$rc
+pubf "$CTL" flotilla/v1/dev/devB/chunk/dat "$tmp/pay-o"
+rc_o=$rc out_o=$out
+pubf "$CTL" flotilla/v1/dev/devB/chunk/dat "$tmp/pay-e"
+rc_e=$rc
+pub "$CTL" flotilla/v1/dev/devB/cmd "small-after"
+if wait_for big "small-after"; then pass "devB still receives after the oversized publish"; else fail "devB got nothing after the oversized publish"; fi
+sleep 0.2
+# "topic payload" lines: payload length = line length - topic - 1.
+lens=$(awk '/^flotilla\/v1\/dev\/devB\/chunk\/dat / { print length($0) - length($1) - 1 }' "$tmp/big.out" | sort -n | tr '\n' ' ')
+if [ $rc_c = 0 ] && [ $rc_e = 0 ] && [ "$lens" = "$((256 * 1024 + 52)) $limit " ]; then
+  pass "a 256 KiB chunk and a 2 MiB message (the limit) are delivered (payload bytes: $lens)"
+else
+  fail "legitimate large messages: rc $rc_c/$rc_e, delivered payload bytes: '$lens'"
+fi
+if grep -q "flotilla/v1/dev/devB/cmd small-before" "$tmp/big.out"; then pass "small cmd delivered"; else fail "small cmd not delivered"; fi
+if grep -q "Dropped too large PUBLISH from flotilla-controller" "$log"; then
+  pass "broker refused the $((limit + 1))-byte publish: '$(grep "Dropped too large PUBLISH" "$log" | head -1 | cut -d' ' -f2-)'"
+else
+  fail "broker log has no 'Dropped too large PUBLISH' (client rc=$rc_o: $out_o)"
+fi
+if grep -qi "failed" <<<"$out_o"; then pass "the sender is told (PUBACK reason): '$out_o'"; else fail "mosquitto_pub saw no error for the oversized publish (rc=$rc_o: $out_o)"; fi
+stop_sub big
 
 if [ "$failures" = 0 ]; then echo "broker_acl: all checks passed"; exit 0; fi
 echo "broker_acl: $failures check(s) failed"

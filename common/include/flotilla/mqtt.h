@@ -74,6 +74,11 @@ struct fl_mqtt_opts {
 	size_t max_msg_bytes;     /* largest incoming payload, 1..FL_MQTT_MSG_MAX */
 	size_t max_queue_bytes;   /* payload bytes queued for the owner, >= max_msg_bytes */
 	size_t max_queue_msgs;    /* messages queued for the owner, >= 1 */
+	/* Reconnect backoff: first delay and cap in ms; 0 for the defaults
+	 * (FL_MQTT_BACKOFF_MIN_MS / _MAX_MS). 10..FL_MQTT_BACKOFF_MAX_MS, min <=
+	 * max. Tests and stress runs shorten it; production keeps the defaults. */
+	int backoff_min_ms;
+	int backoff_max_ms;
 };
 
 /* Fill O with the defaults: verify_host on, keepalive 30 s, connect timeout
@@ -128,6 +133,9 @@ struct fl_mqtt_stats {
 	int inflight;                     /* unfinished publishes now */
 	int requests;                     /* publishes/subscribes Paho has not
 	                                   * answered yet (failed ones included) */
+	uint64_t clients_replaced;        /* Paho clients set aside after a QoS 1
+	                                   * publish met a dead socket
+	                                   * (docs/mqtt.md "Paho's send failure") */
 	bool connected;
 };
 
