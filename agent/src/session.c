@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "fetch.h"
+#include "proto.h"
 #include "report.h"
 #include "session.h"
 #include <flotilla/cleanup.h>
@@ -32,10 +33,11 @@
 #include <flotilla/util.h>
 
 #define AGENT_VERSION "0.1.0"
-#define STATE_MAX (64u * 1024u)
-#define CMD_MAX (512u * 1024u)
+#define CMD_MAX PROTO_CMD_MAX
+_Static_assert(PROTO_CMD_ID_MAX == J_CMD_ID_MAX, "command id bounds differ");
+_Static_assert(PROTO_CMD_IDS == J_CMD_IDS_KEPT, "duplicate windows differ");
 #define FRAME_MAX (52u + 256u * 1024u)
-#define STATE_MIN_INTERVAL_MS 1000
+#define STATE_MIN_INTERVAL_MS PROTO_STATE_MIN_INTERVAL_MS
 #define PROGRESS_INTERVAL_MS 1000
 
 struct agent_session {
@@ -51,11 +53,9 @@ struct agent_session {
 	int64_t last_state_ms;
 	uint64_t state_token; /* 0: none in flight */
 	struct agent_session_stats st;
-	int64_t refuse_window_ms; /* rate limit of events for unverifiable deploys */
-	int refuse_count;
+	struct proto_ratelimit refuse_rl; /* events for unverifiable deploys */
+	struct proto_cmd_ids cmd_ids;     /* in front of the journal's (durable) window */
 };
-
-#define REFUSE_EVENTS_PER_MIN 20
 
 static const char *slot_status_name(enum slot_status s)
 {
@@ -66,110 +66,73 @@ static const char *slot_status_name(enum slot_status s)
 
 struct state_ctx {
 	struct agent_session *s;
-	cJSON *models;
-	int err;
+	struct proto_state *doc;
 };
 
+/* One model's slots and last install from the journal (proto_state.c). */
 static int state_model(void *ud, const struct model_rec *mr)
 {
 	struct state_ctx *c = ud;
 	struct agent *a = c->s->a;
-	if (!fl_name_valid(mr->name, 64))
+	if (!fl_name_valid(mr->name, PROTO_MODEL_NAME_MAX))
 		return 0;
 	struct ota_slots *sl = NULL;
-	char cur = 0;
+	struct proto_model pm = {.name = mr->name};
 	if (ota_slots_open(a->models_dir, mr->name, &sl) == 0) {
-		cur = ota_slots_current(sl);
+		pm.current = ota_slots_current(sl);
 		ota_slots_free(sl);
 	}
-	cJSON *m = cJSON_AddObjectToObject(c->models, mr->name);
-	if (!m)
-		return -ENOMEM;
-	char cs[2] = {cur, 0};
-	if (cur)
-		cJSON_AddStringToObject(m, "current", cs);
-	else
-		cJSON_AddNullToObject(m, "current");
-	cJSON *slots = cJSON_AddObjectToObject(m, "slots");
-	for (char slot = 'a'; slot <= 'b'; slot++) {
-		struct slot_rec sr;
-		int r = journal_slot_get(a->journal, mr->name, slot, &sr);
+	struct slot_rec sr[2];
+	for (int i = 0; i < 2; i++) {
+		int r = journal_slot_get(a->journal, mr->name, (char)('a' + i), &sr[i]);
 		if (r < 0)
 			return r;
-		free(sr.envelope);
-		char name[2] = {slot, 0};
-		cJSON *o = cJSON_AddObjectToObject(slots, name);
-		cJSON_AddStringToObject(o, "status", slot_status_name(sr.status));
-		if (sr.version[0])
-			cJSON_AddStringToObject(o, "version", sr.version);
-		cJSON_AddNumberToObject(o, "sequence", (double)sr.sequence);
+		free(sr[i].envelope);
+		pm.slot[i] = (struct proto_slot){.status = slot_status_name(sr[i].status),
+						 .version = sr[i].version,
+						 .sequence = sr[i].sequence};
 	}
 	struct install_rec ir;
+	struct proto_install pi;
 	int r = journal_install_last(a->journal, mr->name, &ir);
 	if (r < 0)
 		return r;
 	if (r > 0) {
-		cJSON *o = cJSON_AddObjectToObject(m, "install");
-		cJSON_AddStringToObject(o, "version", ir.version);
-		cJSON_AddStringToObject(o, "state", inst_state_name(ir.state));
-		cJSON_AddStringToObject(o, "error", ir.error);
+		pi = (struct proto_install){
+			.version = ir.version, .state = inst_state_name(ir.state), .error = ir.error};
 		struct agent_fetch *f = c->s->fetch;
 		if (f && !strcmp(agent_fetch_model(f), mr->name) && ir.state == ST_FETCHING) {
 			struct agent_fetch_stats fs;
 			agent_fetch_stats(f, &fs);
-			cJSON_AddNumberToObject(o, "bytes_done", (double)fs.bytes_done);
-			cJSON_AddNumberToObject(o, "bytes_total", (double)fs.bytes_total);
-			cJSON_AddNumberToObject(o, "chunks_done", (double)fs.chunks_done);
-			cJSON_AddNumberToObject(o, "chunks_total", (double)fs.chunks_total);
+			pi.progress = true;
+			pi.bytes_done = fs.bytes_done;
+			pi.bytes_total = fs.bytes_total;
+			pi.chunks_done = fs.chunks_done;
+			pi.chunks_total = fs.chunks_total;
 		}
+		pm.install = &pi;
 	}
-	return 0;
+	return proto_state_add_model(c->doc, &pm);
 }
 
 int agent_session_state_json(struct agent_session *s, char **ret, size_t *ret_len)
 {
-	cJSON *root = cJSON_CreateObject();
-	if (!root)
-		return -ENOMEM;
-	char ts[21];
-	fl_time_format(fl_now_s(), ts);
-	cJSON_AddNumberToObject(root, "v", 1);
-	cJSON_AddStringToObject(root, "device", s->a->cfg.device_id);
-	cJSON_AddBoolToObject(root, "online", true);
-	cJSON_AddStringToObject(root, "ts", ts);
-	cJSON_AddStringToObject(root, "agent", AGENT_VERSION);
-	cJSON *hw = cJSON_AddObjectToObject(root, "hw");
-	cJSON_AddStringToObject(hw, "arch", s->arch);
-	cJSON_AddNumberToObject(hw, "ram_mb", (double)s->ram_mb);
-	cJSON *acc = cJSON_AddArrayToObject(hw, "accelerators");
-	if (acc && s->a->cfg.hw_accelerators[0]) {
-		char buf[sizeof(s->a->cfg.hw_accelerators)];
-		fl_strlcpy(buf, s->a->cfg.hw_accelerators, sizeof(buf));
-		char *save = NULL;
-		for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
-			cJSON_AddItemToArray(acc, cJSON_CreateString(t));
-	}
-	cJSON *be = cJSON_AddArrayToObject(hw, "backends");
-	for (size_t i = 0; agent_backends[i]; i++)
-		cJSON_AddItemToArray(be, cJSON_CreateString(agent_backends[i]));
-	cJSON_AddItemToObject(root, "labels",
-			      s->labels ? cJSON_Duplicate(s->labels, true) : cJSON_CreateObject());
-	struct state_ctx c = {.s = s, .models = cJSON_AddObjectToObject(root, "models")};
-	int r = c.models ? journal_models(s->a->journal, state_model, &c) : -ENOMEM;
-	char *txt = r == 0 ? cJSON_PrintUnformatted(root) : NULL;
-	cJSON_Delete(root);
-	if (r < 0)
-		return r;
-	if (!txt)
-		return -ENOMEM;
-	size_t n = strlen(txt);
-	if (n > STATE_MAX) {
-		free(txt);
-		return -FL_ETOOBIG;
-	}
-	*ret = txt;
-	*ret_len = n;
-	return 0;
+	const struct agent_config *cfg = &s->a->cfg;
+	struct proto_device dev = {.device = cfg->device_id,
+				   .agent = AGENT_VERSION,
+				   .arch = s->arch,
+				   .ram_mb = s->ram_mb,
+				   .accelerators = cfg->hw_accelerators,
+				   .backends = agent_backends,
+				   .labels = s->labels};
+	struct state_ctx c = {.s = s};
+	int r = proto_state_new(&dev, fl_now_s(), &c.doc);
+	if (r == 0)
+		r = journal_models(s->a->journal, state_model, &c);
+	if (r == 0)
+		r = proto_state_render(c.doc, ret, ret_len);
+	proto_state_free(c.doc);
+	return r;
 }
 
 static void state_pump(struct agent_session *s, int64_t now, int *next_ms)
@@ -232,12 +195,7 @@ static void cmd_deploy(struct agent_session *s, const char *env)
 	if (r < 0) {
 		/* Anyone who can write our cmd topic could flood these: the event
 		 * (an fsynced outbox record) is rate limited, the count is not. */
-		int64_t now = fl_mono_ms();
-		if (now - s->refuse_window_ms > 60000) {
-			s->refuse_window_ms = now;
-			s->refuse_count = 0;
-		}
-		if (s->refuse_count++ < REFUSE_EVENTS_PER_MIN)
+		if (proto_ratelimit_take(&s->refuse_rl, fl_mono_ms()))
 			refuse(s, NULL, NULL, r, "deploy refused: manifest does not verify");
 		else
 			s->st.cmds_refused++;
@@ -258,39 +216,49 @@ static void cmd_deploy(struct agent_session *s, const char *env)
 		refuse(s, m->name, m->version, r, msg);
 		goto out;
 	}
-	if (s->fetch && !strcmp(agent_fetch_model(s->fetch), m->name)) {
-		if (agent_fetch_same(s->fetch, m)) {
-			fl_info("deploy %s %s: already fetching", m->name, m->version);
-			goto out;
-		}
+	/* The decision (proto_cmd.c) from the journal's facts; a running fetch
+	 * of an older release of this model is cancelled, then it is decided
+	 * again. */
+	struct proto_deploy_facts fx = {0};
+	struct model_rec mr;
+	if (journal_model_get(a->journal, m->name, &mr) == 0)
+		fx.highest_sequence = mr.highest_sequence;
+	char cur = ota_slots_current(sl);
+	struct slot_rec sr = {0};
+	if (cur && journal_slot_get(a->journal, m->name, cur, &sr) == 0) {
+		free(sr.envelope);
+		fx.current_ready = sr.status == SLOT_READY;
+		fx.current_version = sr.version;
+		fx.current_sequence = sr.sequence;
+	}
+	int d, pend_err;
+	for (;;) {
+		fx.fetching_model = s->fetch ? agent_fetch_model(s->fetch) : NULL;
+		fx.fetching_same = s->fetch && agent_fetch_same(s->fetch, m);
+		struct install_rec pend;
+		pend_err = journal_install_pending(a->journal, m->name, &pend);
+		fx.install_pending = pend_err != 0;
+		d = proto_deploy_decide(m, &fx);
+		if (d != PROTO_DEPLOY_SUPERSEDE)
+			break;
 		agent_fetch_cancel(s->fetch, "superseded by a newer deploy");
 		agent_fetch_free(s->fetch);
 		s->fetch = NULL;
-	} else if (s->fetch) {
-		refuse(s, m->name, m->version, -FL_EBUSY,
-		       "deploy refused: another model is being fetched");
-		goto out;
 	}
-	struct install_rec pend;
-	r = journal_install_pending(a->journal, m->name, &pend);
-	if (r != 0) {
-		refuse(s, m->name, m->version, r < 0 ? r : -FL_ESTATE,
-		       "deploy refused: another install of this model is in progress");
+	switch (d) {
+	case PROTO_DEPLOY_START: break;
+	case PROTO_DEPLOY_ALREADY_FETCHING:
+		fl_info("deploy %s %s: already fetching", m->name, m->version);
 		goto out;
-	}
-	char cur = ota_slots_current(sl);
-	if (cur) {
-		struct slot_rec sr;
-		if (journal_slot_get(a->journal, m->name, cur, &sr) == 0) {
-			free(sr.envelope);
-			if (sr.status == SLOT_READY && sr.sequence == m->sequence &&
-			    !strcmp(sr.version, m->version)) {
-				fl_info("deploy %s %s: already the current version", m->name,
-					m->version);
-				s->state_due = true;
-				goto out;
-			}
-		}
+	case PROTO_DEPLOY_ALREADY_CURRENT:
+		fl_info("deploy %s %s: already the current version", m->name, m->version);
+		s->state_due = true;
+		goto out;
+	default:
+		refuse(s, m->name, m->version,
+		       d == PROTO_DEPLOY_PENDING && pend_err < 0 ? pend_err : proto_deploy_err(d),
+		       proto_deploy_refusal(d));
+		goto out;
 	}
 	r = agent_fetch_begin(a, env, env_len, m, sl, &s->fetch);
 	if (r == 0) {
@@ -308,70 +276,58 @@ out:
 static void on_cmd(struct agent_session *s, const char *payload, size_t len)
 {
 	struct agent *a = s->a;
-	cJSON *root = NULL;
-	int r = fl_json_parse(payload, len, CMD_MAX, 4, &root);
-	static const char *const keys[] = {"v", "id", "kind", "envelope", "model", NULL};
-	const char *id = NULL, *kind = NULL;
-	int64_t v = 0;
-	if (r == 0 && !cJSON_IsObject(root))
-		r = -FL_ESCHEMA;
-	if (r == 0)
-		r = fl_json_check_keys(root, keys, NULL);
-	if (r == 0)
-		r = fl_json_get_int(root, "v", 0, 1000, &v);
-	if (r == 0 && v != 1)
-		r = -FL_EUNSUPPORTED;
-	if (r == 0)
-		r = fl_json_get_str(root, "id", &id);
-	if (r == 0)
-		r = fl_json_get_str(root, "kind", &kind);
-	if (r == 0 && (!id[0] || strlen(id) > J_CMD_ID_MAX))
-		r = -FL_ESCHEMA;
+	struct proto_cmd c;
+	int r = proto_cmd_parse(payload, len, &c);
 	if (r < 0) {
 		s->st.junk++;
 		fl_warn("cmd dropped: %s", fl_strerror(r));
-		cJSON_Delete(root);
 		return;
 	}
-	r = journal_cmd_seen(a->journal, id);
+	/* A redelivery: in this process's window, else in the journal's (the
+	 * last J_CMD_IDS_KEPT ids, across restarts). */
+	r = proto_cmd_ids_has(&s->cmd_ids, c.id);
+	if (r == 0)
+		r = journal_cmd_seen(a->journal, c.id);
 	if (r != 0) {
 		if (r > 0)
 			s->st.cmd_duplicates++;
-		cJSON_Delete(root);
+		proto_cmd_free(&c);
 		return;
 	}
+	proto_cmd_ids_add(&s->cmd_ids, c.id);
 	s->st.cmds++;
-	const char *env = NULL, *model = NULL;
-	if (!strcmp(kind, "deploy")) {
-		if (fl_json_get_str(root, "envelope", &env) < 0)
-			refuse(s, NULL, NULL, -FL_ESCHEMA, "deploy without an envelope");
+	switch (c.kind) {
+	case PROTO_CMD_DEPLOY:
+		if (c.arg_err)
+			refuse(s, NULL, NULL, c.arg_err, "deploy without an envelope");
 		else
-			cmd_deploy(s, env);
-	} else if (!strcmp(kind, "revert")) {
-		if (fl_json_get_str(root, "model", &model) < 0 || !fl_name_valid(model, 64)) {
+			cmd_deploy(s, c.envelope);
+		break;
+	case PROTO_CMD_REVERT:
+		if (c.arg_err) {
 			s->st.junk++;
-		} else if ((r = agent_revert(a, model, "revert requested by the controller")) < 0) {
+		} else if ((r = agent_revert(a, c.model, "revert requested by the controller")) < 0) {
 			s->st.cmds_refused++;
-			agent_event(a, model, "revert.refused", NULL, r, "revert refused");
+			agent_event(a, c.model, "revert.refused", NULL, r, "revert refused");
 		}
-	} else if (!strcmp(kind, "keyring")) {
-		if (fl_json_get_str(root, "envelope", &env) < 0 || !a->trust) {
+		break;
+	case PROTO_CMD_KEYRING:
+		if (c.arg_err || !a->trust) {
 			s->st.cmds_refused++;
-		} else if ((r = ota_trust_install_keyring(a->trust, env, strlen(env), fl_now_s())) <
-			   0) {
+		} else if ((r = ota_trust_install_keyring(a->trust, c.envelope, strlen(c.envelope),
+							  fl_now_s())) < 0) {
 			s->st.cmds_refused++;
 			agent_event(a, NULL, "keyring.refused", NULL, r, "keyring refused");
 		} else {
 			agent_event(a, NULL, "keyring.installed", NULL, 0,
 				    r == 1 ? "installed" : "same");
 		}
-	} else if (!strcmp(kind, "ping")) {
-		/* nothing else */
-	} else {
-		s->st.junk++;
+		break;
+	case PROTO_CMD_PING: break; /* nothing else */
+	default: s->st.junk++; break;
 	}
 	s->state_due = true;
-	cJSON_Delete(root);
+	proto_cmd_free(&c);
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -411,8 +367,11 @@ int agent_session_new(struct agent *a, struct agent_session **ret)
 	snprintf(s->t_dat, sizeof(s->t_dat), "flotilla/v1/dev/%s/chunk/dat", id);
 	snprintf(s->t_req, sizeof(s->t_req), "flotilla/v1/dev/%s/chunk/req", id);
 	snprintf(s->t_ack, sizeof(s->t_ack), "flotilla/v1/dev/%s/tele/ack", id);
-	int n = snprintf(s->offline, sizeof(s->offline),
-			 "{\"v\":1,\"device\":\"%s\",\"online\":false}", id);
+	int n = proto_state_offline(id, s->offline, sizeof(s->offline));
+	if (n < 0) {
+		free(s);
+		return n;
+	}
 	struct ota_device_info dev;
 	if (ota_device_info_probe(&dev, s->arch, sizeof(s->arch)) == 0)
 		s->ram_mb = dev.ram_mb;

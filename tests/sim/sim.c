@@ -9,9 +9,11 @@
  * v5, clean start off, session expiry 1 day, keep-alive 30 s) over mutual
  * TLS with its own certificate, all sharing one SSL_CTX whose certificate
  * callback hands each handshake its device's certificate and key. What a
- * device does follows docs/protocol.md; what it would do on disk and in the
- * model runtime is simulated (times and failure rates from the scenario).
- * Design and figures: docs/scale.md. */
+ * device says is decided by the agent's own protocol code (agentproto:
+ * state document, command validation and duplicate window, the deploy
+ * decision, the chunk fetch engine); what it would do on disk and in the
+ * model runtime is simulated (chunks verified, not written; times and
+ * failure rates from the scenario). Design and figures: docs/scale.md. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -41,19 +43,18 @@
 #include <flotilla/hash.h>
 #include <flotilla/json.h>
 #include <flotilla/manifest.h>
+#include <flotilla/mqtt.h>
+#include <flotilla/slot.h>
 #include <flotilla/tele_metrics.h>
 #include <flotilla/tele_wire.h>
 #include <flotilla/trust.h>
 #include <flotilla/util.h>
 
+#include "proto.h"
 #include "sim.h"
 
 #define SIM_FDS_PER_DEVICE 3
-#define WINDOW 8
-#define RANGE_MAX (256 * 1024)
-#define CHUNK_TIMEOUT_MS 10000
 #define CONNECT_TIMEOUT_MS 20000
-#define CMD_IDS 16
 #define PENDING_MAX 256 /* telemetry records kept per device while offline */
 #define ACK_RING 32
 
@@ -61,24 +62,23 @@ enum ist { I_IDLE, I_FETCHING, I_STAGED, I_TESTING, I_TRIAL, I_COMMITTED, I_REJE
 static const char *const ist_name[] = {"IDLE",	    "FETCHING", "STAGED",     "TESTING",
 				       "TRIAL",	    "COMMITTED", "REJECTED",  "ROLLED_BACK"};
 
-struct range {
-	bool used, due;
+/* A real pull of every file of the manifest with the agent's fetch engine
+ * (agentproto, proto_fetch.c); the simulated disk is this table of the
+ * distinct chunks (sorted by id): verified on arrival, not written. */
+struct vchunk {
 	uint8_t id[32];
-	uint64_t off;
 	uint32_t len;
-	int64_t sent_ms;
-	bool index;
+	uint8_t state; /* 0 missing, 1 in flight, 2 stored */
 };
 
-struct fetch { /* a real pull of every file of the manifest */
-	size_t file;
-	bool have_index;
-	uint8_t *ibuf;
-	size_t ilen;
-	bool index_asked;
-	struct ota_chunkidx *idx;
-	size_t next_chunk, done_chunks_file;
-	struct range w[WINDOW];
+struct fetch {
+	struct dev *d;
+	struct proto_fetch *pf;
+	struct ota_chunkidx **idx; /* of the manifest's files, in order */
+	size_t n_idx;
+	struct vchunk *c; /* NULL until every index is there */
+	size_t n_c, n_done, scan;
+	uint64_t timeouts_seen;
 };
 
 struct pend {
@@ -117,9 +117,10 @@ struct dev {
 	uint64_t bytes_done, bytes_total, chunks_done, chunks_total;
 	bool real;
 	struct fetch *f;
-	/* commands */
-	char cmd_ids[CMD_IDS][36];
-	int cmd_pos;
+	/* commands (agentproto: the agent's duplicate window and refusal limit) */
+	struct proto_cmd_ids cmd_ids;
+	struct proto_ratelimit refuse_rl;
+	uint64_t floor; /* anti-rollback: highest committed sequence */
 	/* telemetry */
 	char stream[17];
 	uint64_t next_seq;
@@ -145,6 +146,9 @@ static struct dev *g_cur;
 static volatile sig_atomic_t stop;
 static uint64_t rng_state;
 static int64_t t0, t0_wall; /* start of the run: monotonic, wall clock (ms) */
+static cJSON *cls_labels[SIM_MAX_CLASSES]; /* each class's labels, parsed once */
+static const char *const sim_backends[] = {"gguf", NULL};
+#define SIM_AGENT_VERSION "sim-0.1.0"
 
 static struct {
 	uint64_t connects, disconnects, refused, cmds, dup_cmds, deploys, reverts, pings;
@@ -212,12 +216,14 @@ static void lost(struct dev *d, int64_t now)
 		if (d->connected)
 			st.disconnects++;
 		d->connected = d->connecting = false;
-		/* 1 s doubling to 60 s, +-20 %, reset after a connection that lasted > 60 s */
-		if (d->up_since && now - d->up_since > 60000)
-			d->backoff_ms = 1000;
-		int64_t wait = jitter(d->backoff_ms, 0.2);
+		/* The agent's policy (fl_mqtt, FL_MQTT_BACKOFF_*): 1 s doubling to
+		 * 60 s, +-20 %, reset after a connection that lasted > 60 s */
+		if (d->up_since && now - d->up_since > FL_MQTT_BACKOFF_RESET_MS)
+			d->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
+		int64_t wait = jitter(d->backoff_ms, FL_MQTT_BACKOFF_JITTER_PCT / 100.0);
 		d->next_conn = now + wait;
-		d->backoff_ms = d->backoff_ms * 2 > 60000 ? 60000 : d->backoff_ms * 2;
+		d->backoff_ms = d->backoff_ms * 2 > FL_MQTT_BACKOFF_MAX_MS ? FL_MQTT_BACKOFF_MAX_MS
+									   : d->backoff_ms * 2;
 		d->up_since = 0;
 	}
 	d->fd = mosquitto_socket(d->m);
@@ -243,45 +249,47 @@ static int publish(struct dev *d, const char *suffix, const void *p, size_t len,
 
 /* ------------------------------------------------------------ state */
 
-static void state_json(const struct dev *d, struct fl_buf *b)
+/* The agent's state document builder (agentproto, proto_state.c) fed with
+ * the simulated slots and install. */
+static int state_json(const struct dev *d, char **ret, size_t *ret_len)
 {
-	char ts[21], tmp[2048];
-	fl_time_format(fl_now_s(), ts);
-	int n = snprintf(tmp, sizeof(tmp),
-			 "{\"v\":1,\"device\":\"%s\",\"online\":true,\"ts\":\"%s\",\"agent\":\"sim-0.1.0\","
-			 "\"hw\":{\"arch\":\"%s\",\"ram_mb\":%" PRId64
-			 ",\"accelerators\":[],\"backends\":[\"gguf\"]},\"labels\":%s,"
-			 "\"models\":{\"%s\":{\"current\":\"%c\",\"slots\":{",
-			 d->id, ts, d->k->arch, d->k->ram_mb, d->k->labels_json[0] ? d->k->labels_json : "{}",
-			 S.model, d->cur ? 'b' : 'a');
-	fl_buf_append(b, tmp, (size_t)n);
-	bool first = true;
-	for (int s = 0; s < 2; s++) {
-		if (!d->ver[s][0])
-			continue;
-		n = snprintf(tmp, sizeof(tmp), "%s\"%c\":{\"status\":\"ready\",\"version\":\"%s\",\"sequence\":%" PRIu64 "}",
-			     first ? "" : ",", s ? 'b' : 'a', d->ver[s], d->seq[s]);
-		fl_buf_append(b, tmp, (size_t)n);
-		first = false;
-	}
-	fl_buf_append(b, "}", 1);
-	if (d->ist != I_IDLE) {
-		n = snprintf(tmp, sizeof(tmp),
-			     ",\"install\":{\"version\":\"%s\",\"state\":\"%s\",\"error\":\"%s\",\"bytes_done\":%" PRIu64
-			     ",\"bytes_total\":%" PRIu64 ",\"chunks_done\":%" PRIu64 ",\"chunks_total\":%" PRIu64 "}",
-			     d->iver, ist_name[d->ist], d->ierr, d->bytes_done, d->bytes_total, d->chunks_done,
-			     d->chunks_total);
-		fl_buf_append(b, tmp, (size_t)n);
-	}
-	fl_buf_append(b, "}}}", 3);
+	struct proto_device pd = {.device = d->id,
+				  .agent = SIM_AGENT_VERSION,
+				  .arch = d->k->arch,
+				  .ram_mb = (uint64_t)d->k->ram_mb,
+				  .backends = sim_backends,
+				  .labels = cls_labels[d->k - S.cls]};
+	struct proto_model pm = {.name = S.model, .current = d->cur ? 'b' : 'a'};
+	for (int i = 0; i < 2; i++)
+		pm.slot[i] = (struct proto_slot){.status = d->ver[i][0] ? "ready" : "empty",
+						 .version = d->ver[i],
+						 .sequence = d->seq[i]};
+	struct proto_install pi = {.version = d->iver,
+				   .state = ist_name[d->ist],
+				   .error = d->ierr,
+				   .progress = d->ist == I_FETCHING,
+				   .bytes_done = d->bytes_done,
+				   .bytes_total = d->bytes_total,
+				   .chunks_done = d->chunks_done,
+				   .chunks_total = d->chunks_total};
+	if (d->ist != I_IDLE)
+		pm.install = &pi;
+	struct proto_state *ps = NULL;
+	int r = proto_state_new(&pd, fl_now_s(), &ps);
+	if (r == 0)
+		r = proto_state_add_model(ps, &pm);
+	if (r == 0)
+		r = proto_state_render(ps, ret, ret_len);
+	proto_state_free(ps);
+	return r;
 }
 
 static void state_publish(struct dev *d, int64_t now)
 {
-	struct fl_buf b = {0};
-	state_json(d, &b);
+	char *js = NULL;
+	size_t len = 0;
 	int mid;
-	if (b.p && publish(d, "state", b.p, b.len, true, &mid) == 0) {
+	if (state_json(d, &js, &len) == 0 && publish(d, "state", js, len, true, &mid) == 0) {
 		d->state_dirty = false;
 		d->state_last = now;
 		if (!st.first_fail_wall_ms && (d->ist == I_REJECTED || d->ist == I_ROLLED_BACK)) {
@@ -292,7 +300,7 @@ static void state_publish(struct dev *d, int64_t now)
 		if (!d->registered)
 			d->state_mid = mid;
 	}
-	fl_buf_free(&b);
+	free(js);
 }
 
 /* ------------------------------------------------------------ telemetry */
@@ -319,15 +327,21 @@ static void pend_push(struct dev *d, struct pend *p, cJSON *body)
 		p->n++;
 }
 
-static void event(struct dev *d, enum tele_event_kind kind, const char *version, const char *reason,
-		  const char *text)
+static void event_m(struct dev *d, const char *model, enum tele_event_kind kind, const char *version,
+		    const char *reason, const char *text)
 {
-	struct tele_event ev = {.kind = kind, .model = S.model, .version = version, .reason = reason ? reason : "ok", .text = text};
+	struct tele_event ev = {.kind = kind, .model = model, .version = version, .reason = reason ? reason : "ok", .text = text};
 	cJSON *body = NULL;
 	if (tele_record_event(&ev, fl_now_s(), &body) == 0) {
 		pend_push(d, &d->pev, body);
 		st.ev_made++;
 	}
+}
+
+static void event(struct dev *d, enum tele_event_kind kind, const char *version, const char *reason,
+		  const char *text)
+{
+	event_m(d, S.model, kind, version, reason, text);
 }
 
 static void flush(struct dev *d, struct pend *p, bool is_ev)
@@ -415,11 +429,15 @@ static void set_ist(struct dev *d, enum ist s, const char *err)
 
 static void fetch_free(struct dev *d)
 {
-	if (!d->f)
+	struct fetch *f = d->f;
+	if (!f)
 		return;
-	free(d->f->ibuf);
-	ota_chunkidx_free(d->f->idx);
-	free(d->f);
+	proto_fetch_free(f->pf);
+	for (size_t i = 0; f->idx && i < f->n_idx; i++)
+		ota_chunkidx_free(f->idx[i]);
+	free(f->idx);
+	free(f->c);
+	free(f);
 	d->f = NULL;
 }
 
@@ -443,180 +461,195 @@ static void staged(struct dev *d, int64_t now)
 	d->inext = now + 50;
 }
 
-/* Send the due ranges of D's fetch as one chunk/req. */
-static void fetch_send(struct dev *d, int64_t now)
+/* ------------------------------------------------ the engine's simulated disk */
+
+static int op_send(void *ud, const void *req, size_t len)
 {
-	struct fetch *f = d->f;
-	if (!d->connected || !f)
-		return;
-	char buf[2048];
-	int n = snprintf(buf, sizeof(buf), "{\"v\":1,\"req\":[");
-	int k = 0;
-	for (int i = 0; i < WINDOW; i++) {
-		struct range *r = &f->w[i];
-		if (!r->used || !r->due)
-			continue;
-		char hex[65];
-		fl_hex_encode(r->id, 32, hex);
-		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s{\"id\":\"%s\",\"off\":%" PRIu64 ",\"len\":%u}",
-			      k ? "," : "", hex, r->off, r->len);
-		k++;
-	}
-	if (!k)
-		return;
-	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "]}");
-	if (publish(d, "chunk/req", buf, (size_t)n, false, NULL) == 0) {
+	struct fetch *f = ud;
+	if (!f->d->connected)
+		return -ENOTCONN;
+	int r = publish(f->d, "chunk/req", req, len, false, NULL);
+	if (r == 0)
 		st.reqs++;
-		for (int i = 0; i < WINDOW; i++)
-			if (f->w[i].used && f->w[i].due) {
-				f->w[i].due = false;
-				f->w[i].sent_ms = now;
-			}
+	return r;
+}
+
+static int op_next_missing(void *ud, uint8_t id[32], uint32_t *len)
+{
+	struct fetch *f = ud;
+	for (; f->scan < f->n_c; f->scan++) {
+		struct vchunk *c = &f->c[f->scan];
+		if (c->state == 0) {
+			c->state = 1;
+			memcpy(id, c->id, 32);
+			*len = c->len;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static int vchunk_cmp(const void *a, const void *b)
+{
+	return memcmp(((const struct vchunk *)a)->id, ((const struct vchunk *)b)->id, 32);
+}
+
+static struct vchunk *vchunk_find(struct fetch *f, const uint8_t id[32])
+{
+	struct vchunk key;
+	memcpy(key.id, id, 32);
+	return f->c ? bsearch(&key, f->c, f->n_c, sizeof(*f->c), vchunk_cmp) : NULL;
+}
+
+static void op_release(void *ud, const uint8_t id[32])
+{
+	struct fetch *f = ud;
+	struct vchunk *c = vchunk_find(f, id);
+	if (c && c->state == 1) {
+		c->state = 0;
+		size_t i = (size_t)(c - f->c);
+		if (i < f->scan)
+			f->scan = i;
 	}
 }
 
-static struct range *slot_free(struct fetch *f)
+static int op_put(void *ud, const uint8_t id[32], const void *data, uint32_t len)
 {
-	for (int i = 0; i < WINDOW; i++)
-		if (!f->w[i].used)
-			return &f->w[i];
-	return NULL;
-}
-
-static bool window_empty(const struct fetch *f)
-{
-	for (int i = 0; i < WINDOW; i++)
-		if (f->w[i].used)
-			return false;
-	return true;
-}
-
-/* Fill the window; returns 1 when every file is fetched. */
-static int fetch_fill(struct dev *d, int64_t now)
-{
-	struct fetch *f = d->f;
-	for (;;) {
-		if (f->file >= d->man->n_files)
-			return window_empty(f) ? 1 : 0;
-		const struct ota_manifest_file *mf = &d->man->files[f->file];
-		if (!f->have_index) {
-			if (!f->index_asked) {
-				struct range *r = slot_free(f);
-				if (!r)
-					return 0;
-				*r = (struct range){.used = true, .due = true, .off = f->ilen, .len = RANGE_MAX, .index = true};
-				memcpy(r->id, mf->chunk_index_sha256, 32);
-				f->index_asked = true;
-			}
-			return 0;
-		}
-		size_t nc = ota_chunkidx_count(f->idx);
-		while (f->next_chunk < nc) {
-			struct range *r = slot_free(f);
-			if (!r)
-				return 0;
-			const struct ota_chunk *c = ota_chunkidx_get(f->idx, f->next_chunk++);
-			*r = (struct range){.used = true, .due = true, .off = 0, .len = c->len};
-			memcpy(r->id, c->sha256, 32);
-		}
-		if (!window_empty(f))
-			return 0;
-		/* next file */
-		free(f->ibuf);
-		f->ibuf = NULL;
-		f->ilen = 0;
-		ota_chunkidx_free(f->idx);
-		f->idx = NULL;
-		f->have_index = f->index_asked = false;
-		f->next_chunk = 0;
-		f->file++;
-	}
-	(void)now;
-}
-
-static void index_done(struct dev *d)
-{
-	struct fetch *f = d->f;
+	struct fetch *f = ud;
+	struct vchunk *c = vchunk_find(f, id);
+	if (!c || c->state == 2)
+		return -FL_EPROTO; /* not needed */
 	uint8_t h[32];
-	fl_sha256(f->ibuf, f->ilen, h);
-	if (memcmp(h, d->man->files[f->file].chunk_index_sha256, 32) ||
-	    ota_chunkidx_decode(f->ibuf, f->ilen, &f->idx) < 0) {
-		reject(d, "fetch", "chunk index does not verify");
+	fl_sha256(data, len, h);
+	if (len != c->len || memcmp(h, id, 32)) {
+		st.chunks_bad++;
+		return len != c->len ? -FL_ESIZE : -FL_EHASH;
+	}
+	c->state = 2;
+	f->n_done++;
+	st.chunks_ok++;
+	st.fetch_bytes += len;
+	f->d->chunks_done++;
+	f->d->bytes_done += len;
+	return 0;
+}
+
+static bool op_complete(void *ud)
+{
+	struct fetch *f = ud;
+	return f->c && f->n_done == f->n_c;
+}
+
+static int op_index_done(void *ud, const void *buf, size_t len)
+{
+	struct fetch *f = ud;
+	struct ota_chunkidx *ci = NULL;
+	int r = ota_chunkidx_decode(buf, len, &ci);
+	if (r < 0)
+		return r;
+	st.fetch_bytes += len;
+	f->idx[f->n_idx++] = ci;
+	f->d->chunks_total += ota_chunkidx_count(ci);
+	return 0;
+}
+
+static const struct proto_fetch_ops sim_fetch_ops = {
+	.send = op_send,
+	.next_missing = op_next_missing,
+	.release = op_release,
+	.put = op_put,
+	.complete = op_complete,
+	.index_done = op_index_done,
+};
+
+/* Every index is there: the table of distinct chunks. */
+static int vchunks_build(struct fetch *f)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < f->n_idx; i++)
+		n += ota_chunkidx_count(f->idx[i]);
+	f->c = calloc(n ? n : 1, sizeof(*f->c));
+	if (!f->c)
+		return -ENOMEM;
+	for (size_t i = 0; i < f->n_idx; i++)
+		for (size_t k = 0; k < ota_chunkidx_count(f->idx[i]); k++) {
+			const struct ota_chunk *ch = ota_chunkidx_get(f->idx[i], k);
+			memcpy(f->c[f->n_c].id, ch->sha256, 32);
+			f->c[f->n_c++].len = ch->len;
+		}
+	qsort(f->c, f->n_c, sizeof(*f->c), vchunk_cmp);
+	size_t u = 0;
+	for (size_t i = 0; i < f->n_c; i++)
+		if (!u || memcmp(f->c[u - 1].id, f->c[i].id, 32))
+			f->c[u++] = f->c[i];
+	f->n_c = u;
+	return 0;
+}
+
+static int fetch_new(struct dev *d, int64_t now)
+{
+	struct fetch *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->d = d;
+	f->idx = calloc(d->man->n_files ? d->man->n_files : 1, sizeof(*f->idx));
+	int r = f->idx ? proto_fetch_new(&sim_fetch_ops, f, 0, now, &f->pf) : -ENOMEM;
+	if (r < 0) {
+		free(f->idx);
+		free(f);
+		return r;
+	}
+	d->f = f;
+	return 0;
+}
+
+/* One step of D's real fetch (the agent's session does this after every
+ * batch of events and when the engine's timer is due). */
+static void fetch_tick(struct dev *d, int64_t now)
+{
+	struct fetch *f = d->f;
+	if (!f || !d->connected)
+		return;
+	if (!f->c && !proto_fetch_index_busy(f->pf)) {
+		if (f->n_idx < d->man->n_files) {
+			proto_fetch_want_index(f->pf, d->man->files[f->n_idx].chunk_index_sha256);
+		} else if (vchunks_build(f) < 0 || proto_fetch_start_chunks(f->pf) < 0) {
+			reject(d, "internal", "out of memory");
+			return;
+		}
+	}
+	int next;
+	int r = proto_fetch_step(f->pf, now, &next);
+	struct proto_fetch_stats ps;
+	proto_fetch_stats(f->pf, &ps);
+	st.chunk_timeouts += ps.timeouts - f->timeouts_seen;
+	f->timeouts_seen = ps.timeouts;
+	if (r < 0) {
+		reject(d, "fetch", proto_fetch_reason(f->pf));
 		return;
 	}
-	d->chunks_total += ota_chunkidx_count(f->idx);
-	f->have_index = true;
+	if (r == 1) {
+		staged(d, now);
+		return;
+	}
+	d->state_dirty |= now - d->state_last > 1000;
 }
 
 static void on_frame(struct dev *d, const uint8_t *p, size_t len, int64_t now)
 {
-	struct fetch *f = d->f;
-	if (len < 52 || memcmp(p, "FLCK", 4) || p[4] != 1) {
-		st.frames_bad++;
-		return;
-	}
-	if (!f || d->ist != I_FETCHING)
+	if (!d->f || d->ist != I_FETCHING) {
+		struct proto_frame fr;
+		if (proto_frame_parse(p, len, &fr) < 0)
+			st.frames_bad++;
 		return; /* late answer to a finished install */
-	uint64_t off = 0;
-	uint32_t n = 0;
-	for (int i = 7; i >= 0; i--)
-		off = off << 8 | p[40 + i];
-	for (int i = 3; i >= 0; i--)
-		n = n << 8 | p[48 + i];
-	if ((size_t)n != len - 52) {
+	}
+	int r = proto_fetch_on_frame(d->f->pf, p, len, now);
+	if (r == -FL_EPROTO)
 		st.frames_bad++;
-		return;
-	}
-	struct range *r = NULL;
-	for (int i = 0; i < WINDOW; i++)
-		if (f->w[i].used && !memcmp(f->w[i].id, p + 8, 32) && f->w[i].off == off) {
-			r = &f->w[i];
-			break;
-		}
-	if (!r)
-		return; /* a duplicate or a range given up on */
-	const uint8_t *data = p + 52;
-	if (r->index) {
-		if (p[5] == 2 && off > 0) { /* past the end: the previous range ended it exactly */
-			r->used = false;
-			index_done(d);
-			return;
-		}
-		if (p[5] != 0 || f->ilen + n > OTA_CIDX_MAX_BYTES) {
-			reject(d, "fetch", "chunk index not available");
-			return;
-		}
-		uint8_t *nb = realloc(f->ibuf, f->ilen + n + 1);
-		if (!nb)
-			return;
-		f->ibuf = nb;
-		memcpy(f->ibuf + f->ilen, data, n);
-		f->ilen += n;
-		st.fetch_bytes += n;
-		r->used = false;
-		if (n < r->len)
-			index_done(d);
-		else
-			f->index_asked = false; /* ask for the next range */
-		return;
-	}
-	if (p[5] != 0) {
-		reject(d, "fetch", "chunk not available at the controller");
-		return;
-	}
-	uint8_t h[32];
-	fl_sha256(data, n, h);
-	if (n != r->len || memcmp(h, r->id, 32)) {
-		st.chunks_bad++;
-		r->due = true; /* ask again */
-		return;
-	}
-	st.chunks_ok++;
-	st.fetch_bytes += n;
-	d->chunks_done++;
-	d->bytes_done += n;
-	r->used = false;
-	(void)now;
+	else if (r == 1)
+		reject(d, "fetch", proto_fetch_reason(d->f->pf));
+	else
+		fetch_tick(d, now);
 }
 
 static struct {
@@ -656,28 +689,67 @@ static const struct ota_manifest *verify(const char *env, size_t len, const char
 	return m;
 }
 
+/* A refusal before an install starts: an install.rejected event, no state
+ * change (what the agent's session.c does). */
+static void refuse(struct dev *d, const char *model, const char *version, const char *code,
+		   const char *text)
+{
+	static int logged;
+	if (logged++ < 20)
+		fprintf(stderr, "flotilla-sim: %s: deploy %s %s refused: %s (%s)\n", d->id,
+			model ? model : "-", version ? version : "-", code, text);
+	event_m(d, model, TELE_EV_INSTALL_REJECTED, version, code, text);
+}
+
+/* The agent's deploy path: verify (cached per envelope), replay, then
+ * compatibility (ota_compat_check, as the agent's pre-flight) and the
+ * decision of agentproto (proto_deploy_decide) on the simulated facts. */
 static void deploy(struct dev *d, const char *env, size_t len, int64_t now)
 {
 	st.deploys++;
 	const char *code = NULL;
 	const struct ota_manifest *m = verify(env, len, &code);
 	if (!m) {
-		snprintf(d->iver, sizeof(d->iver), "unknown");
-		reject(d, code, "manifest refused");
+		if (proto_ratelimit_take(&d->refuse_rl, now))
+			refuse(d, NULL, NULL, code, "deploy refused: manifest does not verify");
 		return;
 	}
-	if (strcmp(m->name, S.model)) {
+	if (strcmp(m->name, S.model))
 		return; /* one model per simulated device */
+	struct proto_deploy_facts fx = {.highest_sequence = d->floor,
+					.current_ready = d->ver[d->cur][0] != 0,
+					.current_version = d->ver[d->cur],
+					.current_sequence = d->seq[d->cur]};
+	int dec;
+	for (;;) {
+		bool fetching = d->ist == I_FETCHING;
+		fx.fetching_model = fetching ? S.model : NULL;
+		fx.fetching_same = fetching && (d->man == m || (!strcmp(d->iver, m->version) &&
+								 d->iseq == m->sequence));
+		fx.install_pending = d->ist == I_STAGED || d->ist == I_TESTING || d->ist == I_TRIAL;
+		dec = proto_deploy_decide(m, &fx);
+		if (dec != PROTO_DEPLOY_SUPERSEDE)
+			break;
+		reject(d, "busy", "superseded by a newer deploy");
 	}
-	/* the same release again: in progress or done, nothing to do */
-	if (!strcmp(d->iver, m->version) && d->ist != I_IDLE && d->ist != I_REJECTED &&
-	    d->ist != I_ROLLED_BACK) {
-		d->state_dirty = true;
+	if (dec == PROTO_DEPLOY_REPLAY) { /* the agent's verification refuses it */
+		if (proto_ratelimit_take(&d->refuse_rl, now))
+			refuse(d, NULL, NULL, "replay", "deploy refused: manifest does not verify");
 		return;
 	}
-	if (!strcmp(d->ver[d->cur], m->version) && d->seq[d->cur] == m->sequence) {
-		d->state_dirty = true;
+	struct ota_device_info dev = {.arch = d->k->arch, .ram_mb = (uint64_t)d->k->ram_mb,
+				      .backends = sim_backends};
+	char why[256], msg[300];
+	if (ota_compat_check(m, &dev, why, sizeof(why)) < 0) {
+		snprintf(msg, sizeof(msg), "deploy refused: %s", why);
+		refuse(d, m->name, m->version, "incompatible", msg);
 		return;
+	}
+	switch (dec) {
+	case PROTO_DEPLOY_START: break;
+	case PROTO_DEPLOY_ALREADY_FETCHING: return;
+	case PROTO_DEPLOY_ALREADY_CURRENT: d->state_dirty = true; return;
+	default: refuse(d, m->name, m->version, "busy", proto_deploy_refusal(dec)); return;
 	}
 	fetch_free(d);
 	snprintf(d->iver, sizeof(d->iver), "%s", m->version);
@@ -687,24 +759,11 @@ static void deploy(struct dev *d, const char *env, size_t len, int64_t now)
 	d->bytes_total = 0;
 	for (size_t i = 0; i < m->n_files; i++)
 		d->bytes_total += m->files[i].size;
-	uint64_t maxseq = d->seq[0] > d->seq[1] ? d->seq[0] : d->seq[1];
-	if (m->sequence < maxseq) {
-		reject(d, "replay", "older sequence than installed");
-		return;
-	}
-	bool arch_ok = m->compat.n_arch == 0;
-	for (size_t i = 0; i < m->compat.n_arch; i++)
-		arch_ok |= !strcmp(m->compat.arch[i], d->k->arch);
-	if (!arch_ok || (m->compat.min_ram_mb && (int64_t)m->compat.min_ram_mb > d->k->ram_mb)) {
-		reject(d, "incompatible", "hardware does not match the manifest");
-		return;
-	}
 	set_ist(d, I_FETCHING, NULL);
 	event(d, TELE_EV_INSTALL_STARTED, d->iver, NULL, NULL);
 	d->fetch_start = now;
 	if (d->real) {
-		d->f = calloc(1, sizeof(*d->f));
-		if (!d->f) {
+		if (fetch_new(d, now) < 0) {
 			reject(d, "internal", "out of memory");
 			return;
 		}
@@ -735,22 +794,7 @@ static void install_step(struct dev *d, int64_t now)
 		if (d->real) {
 			if (!d->f)
 				return;
-			for (int i = 0; i < WINDOW; i++) { /* a range unanswered for 10 s is asked again */
-				struct range *r = &d->f->w[i];
-				if (r->used && !r->due && now - r->sent_ms > CHUNK_TIMEOUT_MS) {
-					r->due = true;
-					st.chunk_timeouts++;
-				}
-			}
-			int done = fetch_fill(d, now);
-			if (d->ist != I_FETCHING)
-				return;
-			if (done == 1) {
-				staged(d, now);
-				return;
-			}
-			fetch_send(d, now);
-			d->state_dirty |= now - d->state_last > 1000;
+			fetch_tick(d, now);
 			return;
 		}
 		if (now >= d->inext) {
@@ -792,6 +836,8 @@ static void install_step(struct dev *d, int64_t now)
 			return;
 		}
 		set_ist(d, I_COMMITTED, NULL);
+		if (d->iseq > d->floor)
+			d->floor = d->iseq;
 		event(d, TELE_EV_COMMITTED, d->iver, NULL, NULL);
 		return;
 	default:
@@ -801,34 +847,35 @@ static void install_step(struct dev *d, int64_t now)
 
 /* ------------------------------------------------------------ MQTT callbacks */
 
+/* The agent's command handling (agentproto: parse + validation, duplicate
+ * window); keyring commands are counted and not simulated. */
 static void on_cmd(struct dev *d, const char *p, size_t len, int64_t now)
 {
-	cJSON *j = NULL;
-	if (fl_json_parse(p, len, 512 * 1024, 16, &j) < 0)
+	struct proto_cmd c;
+	if (proto_cmd_parse(p, len, &c) < 0)
 		return;
-	const char *id, *kind;
-	if (fl_json_get_str(j, "id", &id) < 0 || fl_json_get_str(j, "kind", &kind) < 0 ||
-	    strlen(id) > 35) {
-		cJSON_Delete(j);
+	st.cmds++;
+	if (proto_cmd_ids_seen(&d->cmd_ids, c.id) != 0) {
+		st.dup_cmds++;
+		proto_cmd_free(&c);
 		return;
 	}
-	st.cmds++;
-	for (int i = 0; i < CMD_IDS; i++)
-		if (!strcmp(d->cmd_ids[i], id)) {
-			st.dup_cmds++;
-			cJSON_Delete(j);
-			return;
-		}
-	snprintf(d->cmd_ids[d->cmd_pos], sizeof(d->cmd_ids[0]), "%s", id);
-	d->cmd_pos = (d->cmd_pos + 1) % CMD_IDS;
-	const char *env, *model;
-	if (!strcmp(kind, "deploy") && fl_json_get_str(j, "envelope", &env) == 0)
-		deploy(d, env, strlen(env), now);
-	else if (!strcmp(kind, "revert") && fl_json_get_str(j, "model", &model) == 0 && !strcmp(model, S.model))
-		revert(d);
-	else if (!strcmp(kind, "ping"))
-		st.pings++, d->state_dirty = true;
-	cJSON_Delete(j);
+	switch (c.kind) {
+	case PROTO_CMD_DEPLOY:
+		if (c.arg_err)
+			refuse(d, NULL, NULL, "schema", "deploy without an envelope");
+		else
+			deploy(d, c.envelope, strlen(c.envelope), now);
+		break;
+	case PROTO_CMD_REVERT:
+		if (!c.arg_err && !strcmp(c.model, S.model))
+			revert(d);
+		break;
+	case PROTO_CMD_PING: st.pings++; break;
+	default: break;
+	}
+	d->state_dirty = true;
+	proto_cmd_free(&c);
 }
 
 static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags, const mosquitto_property *props)
@@ -851,10 +898,13 @@ static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags, const 
 	topic(d, "chunk/dat", t, sizeof(t));
 	mosquitto_subscribe_v5(m, NULL, t, 1, 0, NULL);
 	state_publish(d, now);
-	if (d->f)
-		for (int i = 0; i < WINDOW; i++)
-			if (d->f->w[i].used)
-				d->f->w[i].due = true;
+	if (d->f) { /* everything in flight is asked for again */
+		proto_fetch_reconnected(d->f->pf);
+		for (size_t i = 0; i < d->f->n_c; i++)
+			if (d->f->c[i].state == 1)
+				d->f->c[i].state = 0;
+		d->f->scan = 0;
+	}
 	flush(d, &d->pev, true);
 	flush(d, &d->pmet, false);
 	(void)flags;
@@ -961,10 +1011,11 @@ static int dev_init(struct dev *d, int i, const char *pki)
 	}
 	snprintf(d->ver[0], sizeof(d->ver[0]), "%s", S.version);
 	d->seq[0] = S.sequence;
+	d->floor = S.sequence;
 	snprintf(d->stream, sizeof(d->stream), "%016" PRIx64, rnd());
 	d->next_seq = 1;
 	d->fd = -1;
-	d->backoff_ms = 1000;
+	d->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
 	d->tele_next = S.telemetry_s ? fl_mono_ms() + (int64_t)(rnd01() * (double)S.telemetry_s * 1000) : INT64_MAX;
 	d->m = mosquitto_new(d->id, false, d);
 	if (!d->m)
@@ -975,7 +1026,9 @@ static int dev_init(struct dev *d, int i, const char *pki)
 	mosquitto_void_option(d->m, MOSQ_OPT_SSL_CTX, ctx);
 	char t[160], off[256];
 	topic(d, "state", t, sizeof(t));
-	int n = snprintf(off, sizeof(off), "{\"v\":1,\"device\":\"%s\",\"online\":false}", d->id);
+	int n = proto_state_offline(d->id, off, sizeof(off));
+	if (n < 0)
+		return n;
 	mosquitto_will_set_v5(d->m, t, n, off, 1, true, NULL);
 	mosquitto_connect_v5_callback_set(d->m, cb_connect);
 	mosquitto_disconnect_v5_callback_set(d->m, cb_disconnect);
@@ -1306,6 +1359,14 @@ int main(int argc, char **argv)
 	int rc = 1;
 	if (tls_init(ca) < 0 || trust_init(trust_dir) < 0)
 		goto out;
+	for (int k = 0; k < S.n_cls; k++) {
+		const char *lj = S.cls[k].labels_json[0] ? S.cls[k].labels_json : "{}";
+		cls_labels[k] = cJSON_Parse(lj);
+		if (!cJSON_IsObject(cls_labels[k])) {
+			fprintf(stderr, "flotilla-sim: class %s: bad labels\n", S.cls[k].name);
+			goto out;
+		}
+	}
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	N = S.n;
 	D = calloc((size_t)N, sizeof(*D));
@@ -1336,6 +1397,8 @@ out:
 		EVP_PKEY_free(D[i].key);
 	}
 	free(D);
+	for (int k = 0; k < SIM_MAX_CLASSES; k++)
+		cJSON_Delete(cls_labels[k]);
 	for (int i = 0; i < n_cache; i++)
 		ota_manifest_free(cache[i].m);
 	SSL_CTX_free(ctx);

@@ -1,7 +1,8 @@
 /* flotilla-sim: many simulated devices in one process (docs/scale.md).
  * Each device is its own MQTT v5 client over mutual TLS (libmosquitto,
  * driven by one epoll loop), with its own certificate, speaking
- * docs/protocol.md: retained state with last will, cmd (deploy, revert,
+ * docs/protocol.md with the agent's protocol library (agentproto,
+ * agent/src/proto.h): retained state with last will, cmd (deploy, revert,
  * ping), chunk/req + chunk/dat, telemetry batches (docs/telemetry.md). */
 #ifndef FLOTILLA_SIM_H
 #define FLOTILLA_SIM_H
