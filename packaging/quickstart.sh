@@ -11,14 +11,15 @@
 # broken v3 that the failure gate halts, shows a tampered bundle and a
 # replay refused, asks a device's local API a question and prints the
 # dashboard's address. Everything stops at the end or on Ctrl-C;
-# --keep-running keeps the fleet up until Ctrl-C.
+# --keep-running keeps the fleet up until Ctrl-C or the `kill PID` it
+# prints (tests/integration/demo_keep_running.sh).
 #
 # Environment: FLOTILLA_BUILD_DIR (default build/dev: the `dev` preset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for a in "$@"; do
   case $a in
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   esac
 done
 

@@ -10,8 +10,10 @@
 # signed and rolled out in waves, a fine-tuned v2 (few bytes move), a broken
 # v3 that the failure gate halts, a question to one device's local
 # OpenAI-compatible API, and where the dashboard is. Everything it started
-# is stopped at the end or on Ctrl-C, unless --keep-running (then Ctrl-C
-# stops it). What it does and why: docs/demo.md.
+# is stopped at the end or on Ctrl-C, unless --keep-running: then the
+# fleet stays up after the RESULT line until Ctrl-C or the printed
+# `kill PID` (this script's pid; SIGTERM, SIGINT or SIGHUP), which stop it
+# all. What it does and why: docs/demo.md.
 #
 # The last line is a machine-readable summary (tests/integration/demo_fleet.sh):
 #   RESULT v1=OK v2=OK v3=halted devices_on_v2=N/N answer=yes refused=2/2 moved=BYTES ...
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --keep-running) KEEP=1 ;;
     --agents) [ $# -ge 2 ] || usage; N=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "demo: unknown option $1" >&2; usage ;;
   esac
   shift
@@ -263,10 +265,25 @@ OK=1
 [ "$KEEP" = 1 ] || step "Done: stopping everything the demo started"
 echo "RESULT v1=$V1_OK v2=$V2_OK v3=$V3 devices_on_v2=$ON_V2/$N answer=$ANSWER refused=$REFUSED/2 moved=$MOVED size=$SIZE seconds=$((SECONDS - T0))"
 if [ "$KEEP" = 1 ]; then
-  step "The fleet keeps running (--keep-running); Ctrl-C stops it"
-  say "files: $FLEET_DIR"
-  say "export FLOTILLA_CONTROLLER=$FLEET_URL FLOTILLA_TOKEN=$FLEET_OT; flotilla rollout list"
-  FLEET_KEEP=1
-  while :; do sleep 3600 & wait $!; done
+  step "The fleet keeps running (--keep-running)"
+  if [ -z "${FLEET_KEEP:-}" ] && [ "$OK" = 1 ]; then
+    say "files:     $FLEET_DIR (removed when the fleet stops)"
+  else
+    say "files:     $FLEET_DIR (kept when the fleet stops)"
+  fi
+  say "CLI:       export FLOTILLA_CONTROLLER=$FLEET_URL FLOTILLA_TOKEN=$FLEET_OT; flotilla rollout list"
+  say "local API: $API/v1/completions"
+  # The demo's own process waits: stopping it (Ctrl-C here, or the signal
+  # below from anywhere) runs fleet_cleanup, which stops the fleet.
+  say "stop:      kill $$   (or Ctrl-C here)"
+  # A stop asked for is a normal end: exit with the demo's verdict, and
+  # the directory goes unless the caller set FLEET_KEEP (or it failed).
+  trap 'exit $((1 - OK))' INT TERM HUP
+  while :; do
+    sleep 3600 &
+    # cleanup must not wait an hour for this sleep (kill PID reaches only us)
+    FLEET_EXTRA_PIDS=("$!")
+    wait $!
+  done
 fi
 [ "$OK" = 1 ]
