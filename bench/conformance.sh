@@ -74,9 +74,11 @@ KVS="f32 f16"
 # batch, the block order of the repacked Q4_0/Q4_K gemv kernels and, for
 # the first nt - nt % 4 tokens of a batch, of the repacked Q4_K gemm (one
 # FMA per 64 values), ggml_v_expf in softmax/silu, attention sums in ggml's
-# order for F32 and F16 K/V, rope with GCC's FMA contraction. All types come
-# out bitwise or within float rounding (<= 2e-6, 4e-4 in one F16/F16 row)
-# in every column: tolerance 1e-3, far below llama.cpp's own
+# order for F32 and F16 K/V, rope with GCC's FMA contraction, the last
+# layer's FFN only for the output token (llama.cpp's inp_out_ids). All types
+# come out bitwise (F32, F16, Q8_0, Q6_K, the --no-repack rows) or within
+# float rounding (<= 2e-6, repacked Q4_0/Q4_K) in every column: tolerance
+# 1e-3 (F32 1e-4), far below llama.cpp's own
 # batched-vs-unbatched spread (self: 5e-6 F32, 1e-3..6e-3 F16, up to 0.2
 # quantized).
 tol_of() {

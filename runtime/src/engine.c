@@ -751,25 +751,39 @@ static void forward_chunk(struct rt_engine *e, const int32_t *tokens, int nt, fl
 		mm_item_set(&j.it[0], &L->wo, &as, so, e->tmp, NULL, e->x);
 		mm_run(e, &j);
 
-		for (int t = 0; t < nt; t++)
-			rt_k_rmsnorm(e->xn + t * d, e->x + t * d, L->ffn_norm, d, in->rms_eps);
+		/* The last layer's FFN runs only for the tokens whose logits
+		 * are wanted, like llama.cpp (ggml_get_rows(inp_out_ids) after
+		 * the attention output): for a prompt that is its last token,
+		 * which takes the single-token (ggml_vec_dot) order instead of
+		 * the batch (tinyBLAS) order: the same float results as
+		 * llama.cpp, and less work. */
+		int f0 = 0, nf = nt;
+		if (l == in->n_layer - 1 && !all) {
+			if (!want_out)
+				break;
+			f0 = nt - 1;
+			nf = 1;
+		}
+		float *xf = e->x + (size_t)f0 * (size_t)d;
+		for (int t = 0; t < nf; t++)
+			rt_k_rmsnorm(e->xn + t * d, xf + t * d, L->ffn_norm, d, in->rms_eps);
 		memset(&as, 0, sizeof(as));
-		int sg = act_get(e, &as, L->gate.type, e->xn, d, nt, d);
-		int su = act_get(e, &as, L->up.type, e->xn, d, nt, d);
+		int sg = act_get(e, &as, L->gate.type, e->xn, d, nf, d);
+		int su = act_get(e, &as, L->up.type, e->xn, d, nf, d);
 		memset(&j, 0, sizeof(j));
 		j.n = 2;
-		j.nt = nt;
+		j.nt = nf;
 		j.swiglu = true;
 		mm_item_set(&j.it[0], &L->gate, &as, sg, e->gate, NULL, NULL);
 		mm_item_set(&j.it[1], &L->up, &as, su, e->up, NULL, NULL);
 		mm_run(e, &j);
 
 		memset(&as, 0, sizeof(as));
-		int sd = act_get(e, &as, L->down.type, e->gate, in->n_ff, nt, in->n_ff);
+		int sd = act_get(e, &as, L->down.type, e->gate, in->n_ff, nf, in->n_ff);
 		memset(&j, 0, sizeof(j));
 		j.n = 1;
-		j.nt = nt;
-		mm_item_set(&j.it[0], &L->down, &as, sd, e->tmp, NULL, e->x);
+		j.nt = nf;
+		mm_item_set(&j.it[0], &L->down, &as, sd, e->tmp, NULL, xf);
 		mm_run(e, &j);
 	}
 

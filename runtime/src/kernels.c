@@ -34,17 +34,24 @@ static float dot_f16_scalar(int64_t n, const uint16_t *w, const uint16_t *x)
 	return (float)s;
 }
 
+/* Q8_0 in ggml's x86 (AVX2) order, as kernels_avx2.c / kernels_neon.c: 8
+ * float lanes (lane l: bytes 4l..4l+3 of each block), one FMA per lane and
+ * block, then (l + l+4), (0+2) + (1+3). */
 static float dot_q8_0_scalar(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q8_0 *w = wv, *x = xv;
-	float sum = 0;
+	float acc[8] = {0};
 	for (int64_t b = 0; b < n / RT_QK8_0; b++) {
-		int32_t si = 0;
-		for (int j = 0; j < RT_QK8_0; j++)
-			si += w[b].qs[j] * x[b].qs[j];
-		sum += (float)si * (rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d));
+		const float d = rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d);
+		for (int l = 0; l < 8; l++) {
+			int32_t si = 0;
+			for (int j = 4 * l; j < 4 * l + 4; j++)
+				si += w[b].qs[j] * x[b].qs[j];
+			acc[l] = fmaf(d, (float)si, acc[l]);
+		}
 	}
-	return sum;
+	float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5], t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
+	return (t0 + t2) + (t1 + t3);
 }
 
 static float dot_q4_0_scalar(int64_t n, const void *wv, const void *xv)
@@ -158,16 +165,55 @@ static void f16_to_f32_scalar(const uint16_t *x, float *y, int64_t n)
 		y[i] = rt_k_h2f(x[i]);
 }
 
+/* The attention sums in llama.cpp's x86 order, as the AVX2 and NEON paths
+ * (an FMA per element; fmaf is exact where the CPU has no FMA): P . V by
+ * axpy, K . q by ggml_vec_dot_f16 (one token) or tinyBLAS (a batch). */
 static void axpy_f32_scalar(int64_t n, float a, const float *v, float *y)
 {
 	for (int64_t i = 0; i < n; i++)
-		y[i] += a * v[i];
+		y[i] = fmaf(a, v[i], y[i]);
 }
 
 static void axpy_f16_scalar(int64_t n, float a, const uint16_t *v, float *y)
 {
 	for (int64_t i = 0; i < n; i++)
-		y[i] += a * rt_k_h2f(v[i]);
+		y[i] = fmaf(a, rt_k_h2f(v[i]), y[i]);
+}
+
+/* ggml_vec_dot_f16 (AVX2): 4 x 8 lanes over steps of 32, reduced as
+ * dot_f32_ggml_scalar, leftovers in double. */
+static float dot_f16_ggml_scalar(int64_t n, const uint16_t *x, const uint16_t *y)
+{
+	float acc[4][8] = {{0}};
+	const int64_t np = n & ~(int64_t)31;
+	for (int64_t i = 0; i < np; i += 32)
+		for (int k = 0; k < 4; k++)
+			for (int l = 0; l < 8; l++)
+				acc[k][l] = fmaf(rt_k_h2f(x[i + 8 * k + l]), rt_k_h2f(y[i + 8 * k + l]),
+						 acc[k][l]);
+	float a[8];
+	for (int l = 0; l < 8; l++)
+		a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+	float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+	double s = (t0 + t1) + (t2 + t3);
+	for (int64_t i = np; i < n; i++)
+		s += (double)(rt_k_h2f(x[i]) * rt_k_h2f(y[i]));
+	return (float)s;
+}
+
+/* tinyBLAS F16 (AVX2): one 8-lane FMA chain, hsum (l + l+4), (0+2) + (1+3). */
+static float dot_f16_1acc_scalar(int64_t n, const uint16_t *x, const uint16_t *y)
+{
+	float acc[8] = {0};
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int l = 0; l < 8; l++)
+			acc[l] = fmaf(rt_k_h2f(x[i + l]), rt_k_h2f(y[i + l]), acc[l]);
+	float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5], t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
+	float s = (t0 + t2) + (t1 + t3);
+	for (; i < n; i++)
+		s = fmaf(rt_k_h2f(x[i]), rt_k_h2f(y[i]), s);
+	return s;
 }
 
 static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n);
@@ -178,8 +224,8 @@ static const struct rt_kfuncs kfuncs_scalar = {
 	.dot_f32 = dot_f32_scalar,
 	.dot_f32_ggml = dot_f32_ggml_scalar,
 	.dot_f16 = dot_f16_scalar,
-	.dot_f16_ggml = dot_f16_scalar,
-	.dot_f16_1acc = dot_f16_scalar,
+	.dot_f16_ggml = dot_f16_ggml_scalar,
+	.dot_f16_1acc = dot_f16_1acc_scalar,
 	.dot_q8_0 = dot_q8_0_scalar,
 	.dot_q4_0 = dot_q4_0_scalar,
 	.dot_q4_k = dot_q4_k_scalar,

@@ -121,16 +121,36 @@ static inline int32_t dot32_i8(int8x16_t a0, int8x16_t a1, int8x16_t b0, int8x16
 	return vaddvq_s32(vaddq_s32(vpaddlq_s16(p), vpaddlq_s16(q)));
 }
 
+/* Q8_0 in ggml's x86 (AVX2) order: 8 float lanes, lane l the int sum of
+ * bytes 4l..4l+3 of each block, fma(d_w*d_x, lane, acc) block after block,
+ * then hsum8 ((l + l+4), (0+2) + (1+3)). A whole-block int sum times d (the
+ * order before 2026-11-26) differs in the last bits, which the next layer's
+ * Q8_0 activation rounding can turn into int8 flips (qwen2 Q8_0: logits
+ * 0.09 apart, greedy split at token 20). */
+static inline void q8_lanes(int8x16_t a0, int8x16_t a1, int8x16_t b0, int8x16_t b1,
+			    float32x4_t *lo, float32x4_t *hi)
+{
+	int32x4_t p0 = vpaddlq_s16(vmull_s8(vget_low_s8(a0), vget_low_s8(b0)));
+	int32x4_t p1 = vpaddlq_s16(vmull_s8(vget_high_s8(a0), vget_high_s8(b0)));
+	int32x4_t p2 = vpaddlq_s16(vmull_s8(vget_low_s8(a1), vget_low_s8(b1)));
+	int32x4_t p3 = vpaddlq_s16(vmull_s8(vget_high_s8(a1), vget_high_s8(b1)));
+	*lo = vcvtq_f32_s32(vpaddq_s32(p0, p1));
+	*hi = vcvtq_f32_s32(vpaddq_s32(p2, p3));
+}
+
 static float dot_q8_0(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q8_0 *w = wv, *x = xv;
-	float sum = 0;
+	float32x4_t acc_lo = vdupq_n_f32(0), acc_hi = vdupq_n_f32(0);
 	for (int64_t b = 0; b < n / RT_QK8_0; b++) {
-		int32_t si = dot32_i8(vld1q_s8(w[b].qs), vld1q_s8(w[b].qs + 16), vld1q_s8(x[b].qs),
-				      vld1q_s8(x[b].qs + 16));
-		sum = fmaf((float)si, rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d), sum);
+		float32x4_t lo, hi;
+		q8_lanes(vld1q_s8(w[b].qs), vld1q_s8(w[b].qs + 16), vld1q_s8(x[b].qs),
+			 vld1q_s8(x[b].qs + 16), &lo, &hi);
+		const float32x4_t d = vdupq_n_f32(rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d));
+		acc_lo = vfmaq_f32(acc_lo, lo, d);
+		acc_hi = vfmaq_f32(acc_hi, hi, d);
 	}
-	return sum;
+	return hsum8_x86(acc_lo, acc_hi);
 }
 
 static float dot_q4_0(int64_t n, const void *wv, const void *xv)
@@ -349,19 +369,24 @@ static void dot4_q8_0(int64_t n, const void *wv, const void *xv, size_t xs, cons
 	const struct rt_block_q8_0 *w = wv;
 	const void *xp[4];
 	rows4(xv, xs, xp);
-	float sum[4] = {0, 0, 0, 0};
+	float32x4_t acc_lo[4], acc_hi[4];
+	for (int k = 0; k < 4; k++)
+		acc_lo[k] = acc_hi[k] = vdupq_n_f32(0);
 	for (int64_t b = 0; b < n / RT_QK8_0; b++) {
 		int8x16_t w0 = vld1q_s8(w[b].qs), w1 = vld1q_s8(w[b].qs + 16);
 		const float dw = rt_k_h2f(w[b].d);
 		for (int k = 0; k < 4; k++) {
 			const struct rt_block_q8_0 *x = (const struct rt_block_q8_0 *)xp[k] + b;
-			int32_t si = dot32_i8(w0, w1, vld1q_s8(x->qs), vld1q_s8(x->qs + 16));
+			float32x4_t lo, hi;
+			q8_lanes(w0, w1, vld1q_s8(x->qs), vld1q_s8(x->qs + 16), &lo, &hi);
 			float dx = xd ? xd[4 * b + k] : rt_k_h2f(x->d);
-			sum[k] = fmaf((float)si, dw * dx, sum[k]);
+			const float32x4_t d = vdupq_n_f32(dw * dx);
+			acc_lo[k] = vfmaq_f32(acc_lo[k], lo, d);
+			acc_hi[k] = vfmaq_f32(acc_hi[k], hi, d);
 		}
 	}
 	for (int k = 0; k < 4; k++)
-		out[k] = sum[k];
+		out[k] = hsum8_x86(acc_lo[k], acc_hi[k]);
 }
 
 static void dot4_q4_0(int64_t n, const void *wv, const void *xv, size_t xs, const float *xd,

@@ -470,6 +470,45 @@ static void test_batch_threads_determinism(void **state)
 	}
 }
 
+/* The last layer's FFN runs only for the tokens whose logits are wanted
+ * (llama.cpp's inp_out_ids): a prompt in chunks (the chunks before the last
+ * skip that FFN) gives bitwise the logits of one chunk, and the last prompt
+ * position agrees with an all-logits evaluation (there the FFN takes the
+ * batch order: last bits only). */
+static void test_last_layer_output_rows(void **state)
+{
+	(void)state;
+	const uint32_t types[] = {RT_GGML_TYPE_F32, RT_GGML_TYPE_F16, RT_GGML_TYPE_Q8_0};
+	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+		struct spec s = {"llama", types[ti], 8, 2, 32, false, false, 11, 0, false, NULL};
+		void *buf;
+		struct rt_gguf *g = make_model(&s, &buf);
+		struct rt_engine *one = new_engine(g, 2, RT_GGML_TYPE_F16, 64);
+		struct rt_engine *chunked = new_engine(g, 2, RT_GGML_TYPE_F16, 5); /* 5, 5, 4 */
+		struct rt_engine *all = new_engine(g, 2, RT_GGML_TYPE_F16, 5);
+		assert_int_equal(rt_engine_eval(one, k_prompt, NP, false), 0);
+		assert_int_equal(rt_engine_eval(chunked, k_prompt, NP, false), 0);
+		assert_int_equal(rt_engine_eval(all, k_prompt, NP, true), 0);
+		assert_memory_equal(rt_engine_logits(one, -1), rt_engine_logits(chunked, -1),
+				    NV * sizeof(float));
+		double dd = max_diff(rt_engine_logits(one, -1), rt_engine_logits(all, NP - 1), NV);
+		if (dd > (types[ti] == RT_GGML_TYPE_F16 ? 5e-3 : 1e-4))
+			fail_msg("%s: last position, output rows only vs all: %g",
+				 rt_ggml_type_name(types[ti]), dd);
+		/* the KV cache is complete: the next token agrees too */
+		const int32_t next = 77;
+		assert_int_equal(rt_engine_eval(one, &next, 1, false), 0);
+		assert_int_equal(rt_engine_eval(chunked, &next, 1, false), 0);
+		assert_memory_equal(rt_engine_logits(one, -1), rt_engine_logits(chunked, -1),
+				    NV * sizeof(float));
+		rt_engine_free(one);
+		rt_engine_free(chunked);
+		rt_engine_free(all);
+		rt_gguf_free(g);
+		free(buf);
+	}
+}
+
 /* Every weight type against the double reference computed from the same
  * (dequantized) weights: what remains is activation quantization (Q8_0/Q8_K
  * as ggml does) and the F16 KV cache, a few percent at most. */
@@ -983,6 +1022,7 @@ int main(void)
 		cmocka_unit_test(test_qwen2_vs_reference),
 		cmocka_unit_test(test_qwen3_vs_reference),
 		cmocka_unit_test(test_batch_threads_determinism),
+		cmocka_unit_test(test_last_layer_output_rows),
 		cmocka_unit_test(test_types_vs_reference),
 		cmocka_unit_test(test_quantized_close_to_f32),
 		cmocka_unit_test(test_errors),

@@ -1,5 +1,6 @@
 /* Thread pool: coverage of every item exactly once, chunk alignment, many
- * back-to-back dispatches, wake-up after sleeping, argument errors. */
+ * back-to-back dispatches, wake-up after sleeping, futex-only waits,
+ * argument errors. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -117,6 +118,31 @@ static void test_wake_after_sleep(void **state)
 	rt_threadpool_free(tp);
 }
 
+/* No spinning (FLOTILLA_TP_SPIN_US=0): every wait of workers and caller
+ * goes through the futex, so a lost wake-up (a missing barrier between
+ * publishing a dispatch and reading the sleeper count, a wake before the
+ * store it announces, a wrong futex compare value) hangs here: alarm()
+ * turns a hang into a failure instead of a ctest timeout. */
+static void test_no_spin(void **state)
+{
+	(void)state;
+	assert_int_equal(setenv("FLOTILLA_TP_SPIN_US", "0", 1), 0);
+	const int threads[] = {2, 3, 5};
+	alarm(240);
+	for (size_t t = 0; t < sizeof(threads) / sizeof(threads[0]); t++) {
+		struct rt_threadpool *tp = NULL;
+		assert_int_equal(rt_threadpool_new(threads[t], &tp), 0);
+		for (int r = 0; r < 1500; r++) {
+			check_cover(tp, 1 + r % 97, 1 + r % 5);
+			if (r % 250 == 0)
+				usleep(2000);
+		}
+		rt_threadpool_free(tp);
+	}
+	alarm(0);
+	assert_int_equal(unsetenv("FLOTILLA_TP_SPIN_US"), 0);
+}
+
 static void test_errors(void **state)
 {
 	(void)state;
@@ -136,6 +162,7 @@ int main(void)
 		cmocka_unit_test(test_cover),
 		cmocka_unit_test(test_many_dispatches),
 		cmocka_unit_test(test_wake_after_sleep),
+		cmocka_unit_test(test_no_spin),
 		cmocka_unit_test(test_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
