@@ -118,7 +118,10 @@ check "... code timeout, OpenAI error shape" jq -e '.error.code == "timeout" and
 check "... after about 1.5 s, not the 10 s the server sleeps ($ms ms)" bash -c "[ $ms -ge 1400 ] && [ $ms -lt 8000 ]"
 check "the runner was killed and restarted (a crash counted)" \
   wait_for 20 bash -c "[ \"\$(curl -s -m 5 $URL/v1/status | jq -r '.models.tiny | \"\(.crashes) \(.runner)\"')\" = '1 ready' ] && [ \"\$(curl -s -m 5 $URL/v1/status | jq -r .models.tiny.pid)\" != $runner ]"
-check "the hung server went with it" bash -c "! kill -0 $server 2>/dev/null"
+# (its parent-death signal is asynchronous, and a zombie waiting for its
+# new parent to reap it counts as gone)
+check "the hung server went with it" \
+  wait_for 10 bash -c "! kill -0 $server 2>/dev/null || [ \"\$(awk '{print \$3}' /proc/$server/stat 2>/dev/null)\" = Z ]"
 check "the other model's runner is untouched" [ "$(other_field pid) $(other_field crashes) $(other_field runner)" = "$other_pid 0 ready" ]
 check "... and it answers as before" [ "$(other_ask)" = "$other_want" ]
 out=$(api -d '{"model":"tiny","prompt":"Hello","max_tokens":4}' "$URL/v1/completions")
