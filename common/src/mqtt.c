@@ -108,8 +108,7 @@ struct fl_mqtt {
 	enum state state;
 	int64_t connected_at_ms;
 	int64_t retry_at_ms;
-	int64_t backoff_ms;
-	uint64_t rng;
+	struct fl_backoff backoff;
 	uint64_t next_token;
 	int inflight;
 	int n_reqs;
@@ -479,26 +478,37 @@ static void noop_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonC
 
 /* ---- helpers (owner) ---- */
 
-static int64_t jitter(struct fl_mqtt *m, int64_t ms)
+void fl_backoff_init(struct fl_backoff *b, int64_t min_ms, int64_t max_ms, uint64_t seed)
 {
-	/* xorshift64*: spread, not secrecy. */
-	m->rng ^= m->rng >> 12;
-	m->rng ^= m->rng << 25;
-	m->rng ^= m->rng >> 27;
-	uint64_t r = m->rng * 2685821657736338717ull;
-	int64_t span = ms * FL_MQTT_BACKOFF_JITTER_PCT / 100;
-	return ms - span + (int64_t)(r % (uint64_t)(2 * span + 1));
+	b->min_ms = min_ms > 0 ? min_ms : FL_MQTT_BACKOFF_MIN_MS;
+	b->max_ms = max_ms > 0 ? max_ms : FL_MQTT_BACKOFF_MAX_MS;
+	if (b->max_ms < b->min_ms)
+		b->max_ms = b->min_ms; /* e.g. only a larger min was given */
+	b->cur_ms = b->min_ms;
+	b->rng = seed ? seed : (uint64_t)fl_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)b;
+	if (b->rng == 0)
+		b->rng = 0x9E3779B97F4A7C15ull;
+}
+
+int64_t fl_backoff_next(struct fl_backoff *b, int64_t now_ms, int64_t up_since_ms)
+{
+	if (up_since_ms && now_ms - up_since_ms > FL_MQTT_BACKOFF_RESET_MS)
+		b->cur_ms = b->min_ms;
+	b->rng ^= b->rng >> 12;
+	b->rng ^= b->rng << 25;
+	b->rng ^= b->rng >> 27;
+	uint64_t r = b->rng * 2685821657736338717ull;
+	int64_t span = b->cur_ms * FL_MQTT_BACKOFF_JITTER_PCT / 100;
+	int64_t d = b->cur_ms - span + (int64_t)(r % (uint64_t)(2 * span + 1));
+	b->cur_ms = b->cur_ms * 2 > b->max_ms ? b->max_ms : b->cur_ms * 2;
+	return d;
 }
 
 /* Schedule the next connect attempt; returns the delay. */
 static int64_t schedule_retry(struct fl_mqtt *m, bool was_connected)
 {
 	int64_t now = fl_mono_ms();
-	if (was_connected && now - m->connected_at_ms > FL_MQTT_BACKOFF_RESET_MS)
-		m->backoff_ms = m->o.backoff_min_ms;
-	int64_t d = jitter(m, m->backoff_ms);
-	m->backoff_ms = m->backoff_ms * 2 > m->o.backoff_max_ms ? m->o.backoff_max_ms
-								 : m->backoff_ms * 2;
+	int64_t d = fl_backoff_next(&m->backoff, now, was_connected ? m->connected_at_ms : 0);
 	m->retry_at_ms = now + d;
 	m->state = ST_WAITING;
 	return d;
@@ -913,16 +923,7 @@ int fl_mqtt_new(const struct fl_mqtt_opts *o, struct fl_mqtt **ret)
 		fl_mqtt_free(m);
 		return r;
 	}
-	if (!m->o.backoff_min_ms)
-		m->o.backoff_min_ms = FL_MQTT_BACKOFF_MIN_MS;
-	if (!m->o.backoff_max_ms)
-		m->o.backoff_max_ms = FL_MQTT_BACKOFF_MAX_MS;
-	if (m->o.backoff_min_ms > m->o.backoff_max_ms)
-		m->o.backoff_max_ms = m->o.backoff_min_ms; /* e.g. only a larger min was given */
-	m->backoff_ms = m->o.backoff_min_ms;
-	m->rng = (uint64_t)fl_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)m;
-	if (m->rng == 0)
-		m->rng = 0x9E3779B97F4A7C15ull;
+	fl_backoff_init(&m->backoff, m->o.backoff_min_ms, m->o.backoff_max_ms, 0);
 	m->next_token = 1;
 	*ret = m;
 	return 0;

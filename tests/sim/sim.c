@@ -98,7 +98,8 @@ struct dev {
 	uint32_t ev;
 	/* link */
 	bool started, connecting, connected;
-	int64_t conn_at, next_conn, backoff_ms, up_since, offline_until;
+	int64_t conn_at, next_conn, up_since, offline_until;
+	struct fl_backoff backoff;
 	bool registered;
 	int state_mid;
 	bool state_dirty;
@@ -216,14 +217,10 @@ static void lost(struct dev *d, int64_t now)
 		if (d->connected)
 			st.disconnects++;
 		d->connected = d->connecting = false;
-		/* The agent's policy (fl_mqtt, FL_MQTT_BACKOFF_*): 1 s doubling to
-		 * 60 s, +-20 %, reset after a connection that lasted > 60 s */
-		if (d->up_since && now - d->up_since > FL_MQTT_BACKOFF_RESET_MS)
-			d->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
-		int64_t wait = jitter(d->backoff_ms, FL_MQTT_BACKOFF_JITTER_PCT / 100.0);
-		d->next_conn = now + wait;
-		d->backoff_ms = d->backoff_ms * 2 > FL_MQTT_BACKOFF_MAX_MS ? FL_MQTT_BACKOFF_MAX_MS
-									   : d->backoff_ms * 2;
+		/* The agent's own policy (fl_backoff, as fl_mqtt runs it): 1 s
+		 * doubling to 60 s, +-20 %, reset after a connection that lasted
+		 * > 60 s */
+		d->next_conn = now + fl_backoff_next(&d->backoff, now, d->up_since);
 		d->up_since = 0;
 	}
 	d->fd = mosquitto_socket(d->m);
@@ -1015,7 +1012,7 @@ static int dev_init(struct dev *d, int i, const char *pki)
 	snprintf(d->stream, sizeof(d->stream), "%016" PRIx64, rnd());
 	d->next_seq = 1;
 	d->fd = -1;
-	d->backoff_ms = FL_MQTT_BACKOFF_MIN_MS;
+	fl_backoff_init(&d->backoff, 0, 0, rnd() | 1);
 	d->tele_next = S.telemetry_s ? fl_mono_ms() + (int64_t)(rnd01() * (double)S.telemetry_s * 1000) : INT64_MAX;
 	d->m = mosquitto_new(d->id, false, d);
 	if (!d->m)

@@ -43,6 +43,23 @@ struct fl_mqtt;
 #define FL_MQTT_BACKOFF_JITTER_PCT 20
 #define FL_MQTT_BACKOFF_RESET_MS 60000
 
+/* The reconnect policy itself, shared by fl_mqtt and the fleet simulator
+ * (tests/sim), so simulated devices reconnect exactly as agents do. */
+struct fl_backoff {
+	int64_t cur_ms, min_ms, max_ms;
+	uint64_t rng; /* xorshift64* state: spread, not secrecy */
+};
+
+/* MIN_MS..MAX_MS (0: the FL_MQTT_BACKOFF_* defaults; MAX below MIN is
+ * raised to MIN); SEED 0 picks one. */
+void fl_backoff_init(struct fl_backoff *b, int64_t min_ms, int64_t max_ms, uint64_t seed);
+/* The delay before the next connect attempt after a drop at NOW_MS (or a
+ * failed attempt: UP_SINCE_MS 0): the current delay +-JITTER_PCT, which
+ * then doubles up to the cap; a connection that lasted longer than
+ * FL_MQTT_BACKOFF_RESET_MS (UP_SINCE_MS: when it came up) starts again at
+ * the first delay. */
+int64_t fl_backoff_next(struct fl_backoff *b, int64_t now_ms, int64_t up_since_ms);
+
 struct fl_mqtt_opts {
 	/* "ssl://host:port" or "mqtts://host:port" (mutual TLS: ca_file, cert_file
 	 * and key_file required), or "tcp://host:port" / "mqtt://host:port"
