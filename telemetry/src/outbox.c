@@ -18,7 +18,7 @@
 
 #define DEFAULT_MAX_BYTES (16u * 1024 * 1024)
 #define DEFAULT_MAX_RECORDS 100000
-#define DEFAULT_COMPRESS_MIN 1024
+#define DEFAULT_COMPRESS_MIN TELE_WIRE_COMPRESS_MIN
 #define HARD_LIMIT_FACTOR 2 /* events may overflow the bound up to this factor */
 #define BUSY_TIMEOUT_MS 5000
 #define ENVELOPE_RESERVE 256 /* bytes of envelope around the records */
@@ -564,27 +564,6 @@ static void rows_free(struct row *rows, size_t n)
 	free(rows);
 }
 
-static int envelope(const struct tele_outbox *ob, const struct row *rows, size_t k,
-		    struct fl_buf *b)
-{
-	char head[256];
-	int r = fl_snprintf(head, sizeof(head),
-			    "{\"v\":%d,\"device\":\"%s\",\"stream\":\"%s\",\"first\":%" PRIu64
-			    ",\"last\":%" PRIu64 ",\"n\":%zu,\"records\":[",
-			    TELE_WIRE_VERSION, ob->device, ob->stream, rows[0].seq, rows[k - 1].seq,
-			    k);
-	if (r < 0)
-		return r;
-	b->len = 0;
-	if ((r = fl_buf_append(b, head, (size_t)r)) < 0)
-		return r;
-	for (size_t i = 0; i < k; i++)
-		if ((i && (r = fl_buf_append(b, ",", 1)) < 0) ||
-		    (r = fl_buf_append(b, rows[i].body, rows[i].len)) < 0)
-			return r;
-	return fl_buf_append(b, "]}", 2);
-}
-
 void tele_batch_free(struct tele_batch *b)
 {
 	if (!b)
@@ -655,34 +634,35 @@ int tele_outbox_take(struct tele_outbox *ob, enum tele_stream stream, size_t max
 
 	/* Largest prefix whose encoding fits MAX_BYTES: halve until it does. A
 	 * single record always fits (TELE_BATCH_MIN_BYTES). */
-	struct fl_buf b = {0};
-	uint8_t *z = NULL;
-	size_t zlen = 0, k = n;
+	struct tele_wire_item *items = malloc(n * sizeof(*items));
+	if (!items) {
+		rows_free(rows, n);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		items[i] = (struct tele_wire_item){rows[i].seq, rows[i].body, rows[i].len};
+	uint8_t *out = NULL;
+	size_t out_len = 0, raw_len = 0, k = n;
 	bool compressed = false;
 	for (;;) {
-		free(z);
-		z = NULL;
-		if ((r = envelope(ob, rows, k, &b)) < 0)
+		free(out);
+		out = NULL;
+		if ((r = tele_wire_batch(ob->device, ob->stream, items, k, ob->compress_min, &out,
+					 &out_len, &raw_len, &compressed)) < 0)
 			break;
-		compressed = false;
-		if (b.len >= ob->compress_min) {
-			if ((r = tele_wire_compress(b.p, b.len, &z, &zlen)) < 0)
-				break;
-			compressed = zlen < b.len;
-		}
-		size_t enc = compressed ? zlen : b.len;
-		if (enc <= max_bytes)
+		if (out_len <= max_bytes)
 			break;
 		if (k == 1) {
 			r = -FL_ETOOBIG;
 			break;
 		}
 		/* aim at the size that fits, at least halving */
-		size_t guess = (size_t)((double)k * (double)max_bytes / (double)enc * 0.9);
+		size_t guess = (size_t)((double)k * (double)max_bytes / (double)out_len * 0.9);
 		k = guess < k / 2 ? guess : k / 2;
 		if (k == 0)
 			k = 1;
 	}
+	free(items);
 	/* Record durably that a drop report leaves, before it can leave. */
 	uint64_t report = 0;
 	for (size_t i = 0; r >= 0 && i < k; i++)
@@ -707,21 +687,14 @@ int tele_outbox_take(struct tele_outbox *ob, enum tele_stream stream, size_t max
 				seqs[i] = rows[i].seq;
 			batch->seqs = seqs;
 			batch->n_seqs = k;
-			batch->raw_len = b.len;
+			batch->raw_len = raw_len;
 			batch->compressed = compressed;
-			if (compressed) {
-				batch->data = z;
-				batch->len = zlen;
-				z = NULL;
-			} else {
-				batch->data = (uint8_t *)b.p;
-				batch->len = b.len;
-				b.p = NULL;
-			}
+			batch->data = out;
+			batch->len = out_len;
+			out = NULL;
 		}
 	}
-	free(z);
-	free(b.p);
+	free(out);
 	if (r >= 0)
 		ob->cursor[stream] = rows[k - 1].seq;
 	rows_free(rows, n);

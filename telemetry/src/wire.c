@@ -1,6 +1,7 @@
 /* Batch framing (zlib), and the controller's strict batch decoder. The only
  * file that touches zlib. */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,6 +54,66 @@ int tele_wire_compress(const void *raw, size_t len, uint8_t **ret, size_t *ret_l
 	*ret_len = TELE_WIRE_HEADER_BYTES + out_len;
 	*ret = fl_steal_ptr(out);
 	return 0;
+}
+
+int tele_wire_batch(const char *device, const char *stream_id, const struct tele_wire_item *items,
+		    size_t n, size_t compress_min, uint8_t **ret, size_t *ret_len,
+		    size_t *ret_raw_len, bool *ret_compressed)
+{
+	if (!device || !stream_id || !items || n == 0 || !ret || !ret_len)
+		return -EINVAL;
+	if (n > TELE_WIRE_MAX_RECORDS)
+		return -FL_ETOOBIG;
+	char head[256];
+	int r = fl_snprintf(head, sizeof(head),
+			    "{\"v\":%d,\"device\":\"%s\",\"stream\":\"%s\",\"first\":%" PRIu64
+			    ",\"last\":%" PRIu64 ",\"n\":%zu,\"records\":[",
+			    TELE_WIRE_VERSION, device, stream_id, items[0].seq, items[n - 1].seq, n);
+	if (r < 0)
+		return r;
+	struct fl_buf b = {0};
+	if ((r = fl_buf_append(&b, head, (size_t)r)) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		if (!items[i].body) {
+			r = -EINVAL;
+			goto out;
+		}
+		if ((i && (r = fl_buf_append(&b, ",", 1)) < 0) ||
+		    (r = fl_buf_append(&b, items[i].body, items[i].len)) < 0)
+			goto out;
+	}
+	if ((r = fl_buf_append(&b, "]}", 2)) < 0)
+		goto out;
+	if (b.len > TELE_WIRE_MAX_RAW) {
+		r = -FL_ETOOBIG;
+		goto out;
+	}
+	uint8_t *z = NULL;
+	size_t zlen = 0;
+	bool compressed = false;
+	if (b.len >= compress_min) {
+		if ((r = tele_wire_compress(b.p, b.len, &z, &zlen)) < 0)
+			goto out;
+		compressed = zlen < b.len;
+	}
+	if (ret_raw_len)
+		*ret_raw_len = b.len;
+	if (ret_compressed)
+		*ret_compressed = compressed;
+	if (compressed) {
+		*ret = z;
+		*ret_len = zlen;
+	} else {
+		free(z);
+		*ret = (uint8_t *)b.p;
+		*ret_len = b.len;
+		b.p = NULL;
+	}
+	r = 0;
+out:
+	fl_buf_free(&b);
+	return r;
 }
 
 int tele_wire_decompress(const uint8_t *buf, size_t len, size_t max_raw, char **ret,

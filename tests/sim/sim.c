@@ -345,29 +345,16 @@ static void flush(struct dev *d, struct pend *p, bool is_ev)
 {
 	if (!d->connected || p->n == 0)
 		return;
-	struct fl_buf b = {0};
-	char head[256];
-	int n = snprintf(head, sizeof(head),
-			 "{\"v\":1,\"device\":\"%s\",\"stream\":\"%s\",\"first\":%" PRIu64 ",\"last\":%" PRIu64
-			 ",\"n\":%d,\"records\":[",
-			 d->id, d->stream, p->seq[0], p->seq[p->n - 1], p->n);
-	fl_buf_append(&b, head, (size_t)n);
-	for (int i = 0; i < p->n; i++) {
-		if (i)
-			fl_buf_append(&b, ",", 1);
-		fl_buf_append(&b, p->rec[i], strlen(p->rec[i]));
-	}
-	fl_buf_append(&b, "]}", 2);
-	uint8_t *z = NULL;
-	size_t zl = 0;
-	const void *out = b.p;
-	size_t ol = b.len;
-	if (b.len >= 1024 && tele_wire_compress(b.p, b.len, &z, &zl) == 0 && zl < b.len) {
-		out = z;
-		ol = zl;
-	}
+	/* the batch as the agent's outbox renders it (tele_wire_batch) */
+	struct tele_wire_item items[PENDING_MAX];
+	for (int i = 0; i < p->n; i++)
+		items[i] = (struct tele_wire_item){p->seq[i], p->rec[i], strlen(p->rec[i])};
+	uint8_t *out = NULL;
+	size_t ol = 0;
 	int mid;
-	if (b.p && publish(d, is_ev ? "event" : "tele", out, ol, false, &mid) == 0) {
+	if (tele_wire_batch(d->id, d->stream, items, (size_t)p->n, TELE_WIRE_COMPRESS_MIN, &out, &ol, NULL,
+			    NULL) == 0 &&
+	    publish(d, is_ev ? "event" : "tele", out, ol, false, &mid) == 0) {
 		d->acks[d->ack_pos].mid = mid;
 		d->acks[d->ack_pos].n = p->n;
 		d->acks[d->ack_pos].ev = is_ev;
@@ -377,8 +364,7 @@ static void flush(struct dev *d, struct pend *p, bool is_ev)
 			free(p->rec[i]);
 		p->n = 0;
 	}
-	free(z);
-	fl_buf_free(&b);
+	free(out);
 }
 
 static void metrics(struct dev *d)

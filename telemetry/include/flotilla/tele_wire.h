@@ -28,6 +28,27 @@
 #define TELE_WIRE_MAX_RECORDS 10000
 #define TELE_WIRE_MAX_RANGES 256            /* ranges in one dropped record */
 #define TELE_RECORD_MAX_DEPTH 14            /* JSON nesting inside one record */
+#define TELE_WIRE_COMPRESS_MIN 1024         /* batches this big or more go compressed */
+
+/* One record of a batch: its sequence number and its JSON text. */
+struct tele_wire_item {
+	uint64_t seq;
+	const char *body;
+	size_t len;
+};
+
+/* The payload of one batch as it goes on the wire (docs/telemetry.md): the
+ * envelope {"v","device","stream","first","last","n","records"} around
+ * ITEMS[0..N) (N >= 1, ascending sequence numbers of one stream) of device
+ * DEVICE and stream id STREAM_ID, compressed (tele_wire_compress) when the
+ * JSON is at least COMPRESS_MIN bytes and compressing makes it smaller.
+ * *RET (caller frees) and *RET_LEN: what to publish; *RET_RAW_LEN: the
+ * JSON's length; *RET_COMPRESSED. The agent's outbox and the fleet
+ * simulator both send what this renders. Errors: -EINVAL, -FL_ETOOBIG (JSON
+ * over TELE_WIRE_MAX_RAW or more than TELE_WIRE_MAX_RECORDS), -ENOMEM. */
+int tele_wire_batch(const char *device, const char *stream_id, const struct tele_wire_item *items,
+		    size_t n, size_t compress_min, uint8_t **ret, size_t *ret_len,
+		    size_t *ret_raw_len, bool *ret_compressed);
 
 /* Compress RAW (LEN <= TELE_WIRE_MAX_RAW bytes) into the "FLZ\x01" framing.
  * Caller frees *ret with free(). Errors: -FL_ETOOBIG, -ENOMEM, -EIO. */

@@ -420,10 +420,79 @@ static void test_stream_change_resets(void **state)
 	tele_rx_batch_free(bb);
 }
 
+/* tele_wire_batch: what the outbox and the simulator send decodes as the
+ * records given, compressed only when that pays; bad arguments refused. */
+static void test_batch_render(void **state)
+{
+	(void)state;
+	char *bodies[300];
+	struct tele_wire_item items[300];
+	for (int i = 0; i < 300; i++) {
+		struct tele_event ev = {.kind = TELE_EV_INSTALL_STARTED, .model = "m", .version = "1.0",
+					.reason = "ok"};
+		cJSON *rec = NULL;
+		assert_int_equal(tele_record_event(&ev, 9, &rec), 0);
+		cJSON_AddNumberToObject(rec, "seq", 41 + i);
+		bodies[i] = cJSON_PrintUnformatted(rec);
+		cJSON_Delete(rec);
+		items[i] = (struct tele_wire_item){41 + (uint64_t)i, bodies[i], strlen(bodies[i])};
+	}
+	uint8_t *out = NULL;
+	size_t len = 0, raw = 0;
+	bool z = true;
+	/* one record, small: plain JSON */
+	assert_int_equal(tele_wire_batch("dev-1", "00000000000000aa", items, 1, TELE_WIRE_COMPRESS_MIN,
+					 &out, &len, &raw, &z), 0);
+	assert_false(z);
+	assert_int_equal(len, raw);
+	struct tele_rx_batch *b = NULL;
+	assert_int_equal(tele_wire_decode(out, len, NULL, &b, NULL, 0), 0);
+	assert_string_equal(b->device, "dev-1");
+	assert_string_equal(b->stream, "00000000000000aa");
+	assert_int_equal(b->first, 41);
+	assert_int_equal(b->last, 41);
+	assert_int_equal(b->n, 1);
+	tele_rx_batch_free(b);
+	free(out);
+	/* 300 records: compressed, every one back in order */
+	assert_int_equal(tele_wire_batch("dev-1", "00000000000000aa", items, 300,
+					 TELE_WIRE_COMPRESS_MIN, &out, &len, &raw, &z), 0);
+	assert_true(z);
+	assert_true(len < raw);
+	assert_int_equal(tele_wire_decode(out, len, NULL, &b, NULL, 0), 0);
+	assert_true(b->was_compressed);
+	assert_int_equal(b->n, 300);
+	assert_int_equal(b->first, 41);
+	assert_int_equal(b->last, 340);
+	for (size_t i = 0; i < b->n; i++) {
+		assert_int_equal(b->recs[i].seq, 41 + i);
+		assert_int_equal(b->recs[i].event_kind, TELE_EV_INSTALL_STARTED);
+	}
+	tele_rx_batch_free(b);
+	free(out);
+	/* compression off (threshold above the size) */
+	assert_int_equal(tele_wire_batch("dev-1", "00000000000000aa", items, 300, SIZE_MAX, &out,
+					 &len, NULL, &z), 0);
+	assert_false(z);
+	free(out);
+	/* bad arguments: nothing allocated */
+	out = NULL;
+	assert_int_equal(tele_wire_batch("dev-1", "s", items, 0, 0, &out, &len, NULL, NULL), -EINVAL);
+	assert_int_equal(tele_wire_batch(NULL, "s", items, 1, 0, &out, &len, NULL, NULL), -EINVAL);
+	struct tele_wire_item hole = {7, NULL, 3};
+	assert_int_equal(tele_wire_batch("d", "s", &hole, 1, 0, &out, &len, NULL, NULL), -EINVAL);
+	assert_int_equal(tele_wire_batch("d", "s", items, TELE_WIRE_MAX_RECORDS + 1, 0, &out, &len,
+					 NULL, NULL), -FL_ETOOBIG);
+	assert_null(out);
+	for (int i = 0; i < 300; i++)
+		free(bodies[i]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_decode_ok),
+		cmocka_unit_test(test_batch_render),
 		cmocka_unit_test(test_record_encoders_round_trip),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_compression_attacks),
