@@ -24,7 +24,7 @@ if command -v readelf >/dev/null; then
 fi
 mkdir -p "$S/spool"
 for _ in 1 2 3 4 5; do # a random port may be taken: the agent says so and exits
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\ntoken = s3cret\n' \
     "$S" "$T" "$port" >"$tmp/agent.conf"
   FLOTILLA_LOG_LEVEL=info "$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &

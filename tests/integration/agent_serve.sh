@@ -44,7 +44,7 @@ check "the two versions answer differently (the mix check means something)" \
 
 mkdir -p "$S/spool"
 for _ in 1 2 3 4 5; do # a random port may be taken: the agent says so and exits
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   cat >"$tmp/agent.conf" <<EOC
 [agent]
 state_dir = $S

@@ -125,7 +125,7 @@ for pc in $points; do
   FLOTILLA_FAILPOINTS="$p=1*exit" agent install "$tmp/v2.tar" >/dev/null 2>&1
   rc=$?
   [ $rc -eq 86 ] || { bad "service recovery, cut at $p#1: expected exit 86, got $rc"; continue; }
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\n' "$S" "$T" \
     "$port" >"$tmp/svc.conf"
   "$AGENT" --config "$tmp/svc.conf" run 2>"$tmp/svc.log" &

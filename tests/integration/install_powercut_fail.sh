@@ -129,7 +129,7 @@ check "every (point, hit) recovered to v1" [ "$runs_a" -eq "$(awk -F: '{s += $2}
 # b. A version whose trial fails by a crash loop of the agent.
 port=
 svc_conf() {
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\n' "$S" "$T" \
     "$port" >"$tmp/svc.conf"
 }

@@ -11,7 +11,27 @@ check() { # check DESCRIPTION COMMAND...
 }
 finish() {
   echo "$((checks - fails)) passed, $fails failed"
+  if [ "$fails" -gt 0 ] && [ -n "${tmp:-}" ] && [ -d "$tmp" ]; then
+    # the scratch directory may go with the test: show its logs' ends now
+    local l
+    for l in $(find "$tmp" -maxdepth 2 -name '*.log' -size +0 2>/dev/null | head -n 6); do
+      echo "--- last lines of ${l#"$tmp"/}"
+      tail -n 15 "$l"
+    done
+  fi
   [ "$fails" -eq 0 ]
+}
+
+# A TCP port for a test's listener on 127.0.0.1: below the kernel's
+# ephemeral range (32768-60999 here), where other tests' outgoing
+# connections never take one, and not listening now.
+free_port() {
+  local p _
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 12000))
+    ss -Htln "sport = :$p" 2>/dev/null | grep . >/dev/null || { echo "$p"; return 0; }
+  done
+  echo "$p"
 }
 
 # mk_tmp NAME: a fresh directory under FL_TEST_TMPDIR, removed on exit.

@@ -118,7 +118,7 @@ jq -n --arg c "$created" --arg e "$expires" --arg p "$tmp/bin/fakesrv" --arg d "
 "$FLOTILLA" bundle create --template "$tmp/tf.json" --key "$tmp/keys/release.pem" -o "$tmp/vf.tar" "$tmp/m/model.gguf" >/dev/null
 check "exec bundle with the fake server built" test -s "$tmp/vf.tar"
 wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 URL=http://127.0.0.1:$port
 api() { curl -s -m 30 "$@"; }
 field() { api "$URL/v1/status" | jq -r ".models.tiny.$1 // empty"; }
@@ -225,7 +225,7 @@ check "exec bundle built" test -s "$tmp/v1.tar"
 # llama-server's own answer, to compare the proxied one with
 wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 for _ in 1 2 3 4 5; do # a random port may be taken: try another
-  rport=$((20000 + RANDOM % 20000))
+  rport=$(free_port)
   "$LS" -m "$tmp/m/model.gguf" --host 127.0.0.1 --port "$rport" -t 1 -c 256 -np 1 >"$tmp/ref.log" 2>&1 &
   ref=$!
   wait_for 30 bash -c "curl -sf -o /dev/null http://127.0.0.1:$rport/health || ! kill -0 $ref 2>/dev/null"
@@ -238,7 +238,7 @@ kill "$ref"; wait "$ref" 2>/dev/null; ref=
 echo "llama-server itself: '$want'"
 check "llama-server answers directly" [ -n "$want" ]
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\nexec_allow = /bin/sleep, %s\n' "$S" "$T" "$port" "$LS" >"$tmp/agent.conf"
 "$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &

@@ -71,7 +71,7 @@ mk_model "$tmp/o/model.gguf" 2
 mk_bundle "$tmp/other.tar" "$tmp/keys" other 1.0 1 "$tmp/o/model.gguf"
 check "a second model (gguf) built" test -s "$tmp/other.tar"
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\nexec_allow = %s\n' \
   "$S" "$T" "$port" "$tmp/fakesrv" >"$tmp/agent.conf"

@@ -44,7 +44,7 @@ wantA=$(greedy "$tmp/A/model.gguf") wantB=$(greedy "$tmp/B/model.gguf")
 check "A and B answer differently (the mix check means something)" \
   bash -c "[ -n '$wantA' ] && [ -n '$wantB' ] && [ '$wantA' != '$wantB' ]"
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\n' "$S" "$T" "$port" >"$tmp/agent.conf"
 "$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &

@@ -61,7 +61,7 @@ bundle 1.0 1 null
 bundle 2.0 2 '{"window_s": 600, "min_requests": 4, "max_error_rate": 0.2}'
 bundle 3.0 3 '{"window_s": 2, "min_requests": 4, "max_error_rate": 0.3}'
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\nexec_allow = %s\n' \
   "$S" "$T" "$port" "$PY" >"$tmp/agent.conf"

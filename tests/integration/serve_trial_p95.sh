@@ -28,7 +28,7 @@ bundle 1.0 1 null
 bundle 2.0 2 '{"window_s": 600, "min_requests": 5, "max_p95_latency_ms": 1}'
 bundle 3.0 3 '{"window_s": 3, "min_requests": 5, "max_p95_latency_ms": 60000}'
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\n' "$S" "$T" "$port" >"$tmp/agent.conf"
 "$AGENT" --config "$tmp/agent.conf" run 2>"$tmp/agent.log" &

@@ -70,7 +70,7 @@ bundle "$tmp/v2.tar" 2.0 2 "$tmp/v1" '{"classes":[0,1,0]}'
 bundle "$tmp/v3.tar" 3.0 3 "$tmp/v3" '{"classes":[0,1,1],"values":[0.047426,0.952574,0.731059]}'
 check "bundles built" test -s "$tmp/v1.tar" -a -s "$tmp/v2.tar" -a -s "$tmp/v3.tar"
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 mkdir -p "$S/spool"
 cat >"$tmp/agent.conf" <<EOC
 [agent]
