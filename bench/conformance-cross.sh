@@ -133,7 +133,7 @@ unset QEMU_LD_PREFIX
 line() { sed -n "s/^$1 [0-9]* *//p" "$2" | head -n1; }
 maxdiff() {
     [ -s "$1" ] && [ -s "$2" ] || { echo missing; return; }
-    [ "$(stat -c %s "$1")" = "$(stat -c %s "$2")" ] || { echo size; return; }
+    [ "$(stat -L -c %s "$1")" = "$(stat -L -c %s "$2")" ] || { echo size; return; }
     paste <(od -An -v -tf4 -w4 "$1") <(od -An -v -tf4 -w4 "$2") | awk '
         { d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%.3g\n", m }'
 }

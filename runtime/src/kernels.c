@@ -18,20 +18,52 @@ float rt_k_f16_table[65536];
 
 /* ---------------------------------------------------------------- scalar */
 
-static float dot_f32_scalar(int64_t n, const float *w, const float *x)
+/* The scalar dots add in the lane orders of llama.cpp's x86 (AVX2) build,
+ * as kernels_avx2.c does, so that armhf (and FLOTILLA_KERNELS=scalar) gives
+ * llama.cpp's x86 results bitwise: 8 float lanes, one FMA per lane (fmaf:
+ * glibc's exact software FMA where the CPU has none), reduced as hsum8. */
+static inline float hsum8_scalar(const float a[8])
 {
-	double s = 0;
-	for (int64_t i = 0; i < n; i++)
-		s += (double)(w[i] * x[i]);
-	return (float)s;
+	const float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+	return (t0 + t2) + (t1 + t3);
 }
 
+/* tinyBLAS F32 (a batch) / AVX2 dot_f32: one 8-lane FMA chain in element
+ * order, hsum8, leftovers in float. */
+static float dot_f32_scalar(int64_t n, const float *w, const float *x)
+{
+	float acc[8] = {0};
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int l = 0; l < 8; l++)
+			acc[l] = fmaf(w[i + l], x[i + l], acc[l]);
+	float s = hsum8_scalar(acc);
+	for (; i < n; i++)
+		s += w[i] * x[i];
+	return s;
+}
+
+/* AVX2 dot_f16: 4 x 8 lanes over steps of 32, then 8 at a time into the
+ * first, hsum8((a0 + a1) + (a2 + a3)), leftovers in float. */
 static float dot_f16_scalar(int64_t n, const uint16_t *w, const uint16_t *x)
 {
-	double s = 0;
-	for (int64_t i = 0; i < n; i++)
-		s += (double)(rt_k_h2f(w[i]) * rt_k_h2f(x[i]));
-	return (float)s;
+	float acc[4][8] = {{0}};
+	int64_t i = 0;
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++)
+			for (int l = 0; l < 8; l++)
+				acc[k][l] = fmaf(rt_k_h2f(w[i + 8 * k + l]), rt_k_h2f(x[i + 8 * k + l]),
+						 acc[k][l]);
+	for (; i + 8 <= n; i += 8)
+		for (int l = 0; l < 8; l++)
+			acc[0][l] = fmaf(rt_k_h2f(w[i + l]), rt_k_h2f(x[i + l]), acc[0][l]);
+	float a[8];
+	for (int l = 0; l < 8; l++)
+		a[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+	float s = hsum8_scalar(a);
+	for (; i < n; i++)
+		s += rt_k_h2f(w[i]) * rt_k_h2f(x[i]);
+	return s;
 }
 
 /* Q8_0 in ggml's x86 (AVX2) order, as kernels_avx2.c / kernels_neon.c: 8
@@ -50,90 +82,106 @@ static float dot_q8_0_scalar(int64_t n, const void *wv, const void *xv)
 			acc[l] = fmaf(d, (float)si, acc[l]);
 		}
 	}
-	float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5], t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
-	return (t0 + t2) + (t1 + t3);
+	return hsum8_scalar(acc);
 }
 
+/* ggml_vec_dot_q4_0_q8_0 (AVX2): the 32 nibbles unpacked to bytes (low
+ * nibbles = elements 0..15, high = 16..31), lane l the int sum of elements
+ * 4l..4l+3, one FMA per lane and block, hsum8. */
 static float dot_q4_0_scalar(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q4_0 *w = wv;
 	const struct rt_block_q8_0 *x = xv;
-	float sum = 0;
+	float acc[8] = {0};
 	for (int64_t b = 0; b < n / RT_QK4_0; b++) {
-		int32_t si = 0;
-		for (int j = 0; j < RT_QK4_0 / 2; j++) {
-			int v0 = (w[b].qs[j] & 0xF) - 8;
-			int v1 = (w[b].qs[j] >> 4) - 8;
-			si += v0 * x[b].qs[j] + v1 * x[b].qs[j + RT_QK4_0 / 2];
+		const float d = rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d);
+		for (int l = 0; l < 8; l++) {
+			int32_t si = 0;
+			for (int e = 4 * l; e < 4 * l + 4; e++) {
+				const int q = e < 16 ? (w[b].qs[e] & 0xF) : (w[b].qs[e - 16] >> 4);
+				si += (q - 8) * x[b].qs[e];
+			}
+			acc[l] = fmaf(d, (float)si, acc[l]);
 		}
-		sum += (float)si * (rt_k_h2f(w[b].d) * rt_k_h2f(x[b].d));
 	}
-	return sum;
+	return hsum8_scalar(acc);
 }
 
+/* ggml_vec_dot_q4_K_q8_K (AVX2): per block 8 int32 lanes, lane l the
+ * scaled int sums of elements 4l..4l+3 of each 32-value sub-block; one FMA
+ * per lane and block with d; the mins in 4 lanes (lane j: 64-value group j)
+ * with -dmin; hsum8(acc) + hsum4(acc_m). */
 static float dot_q4_k_scalar(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q4_k *w = wv;
 	const struct rt_block_q8_k *x = xv;
-	float sum = 0;
+	float acc[8] = {0}, accm[4] = {0};
 	for (int64_t b = 0; b < n / RT_QK_K; b++) {
 		const uint8_t *q = w[b].qs;
 		const int8_t *y = x[b].qs;
-		int32_t si = 0, sm = 0;
+		const float d = x[b].d * rt_k_h2f(w[b].d);
+		const float dmin = -x[b].d * rt_k_h2f(w[b].dmin);
+		int32_t si[8] = {0};
 		for (int j = 0; j < RT_QK_K / 64; j++) {
 			uint8_t sc0, m0, sc1, m1;
 			rt_k_scale_min_k4(2 * j, w[b].scales, &sc0, &m0);
 			rt_k_scale_min_k4(2 * j + 1, w[b].scales, &sc1, &m1);
-			int32_t s0 = 0, s1 = 0;
-			for (int l = 0; l < 32; l++) {
-				s0 += (q[l] & 0xF) * y[l];
-				s1 += (q[l] >> 4) * y[l + 32];
+			for (int l = 0; l < 8; l++) {
+				int32_t s0 = 0, s1 = 0;
+				for (int e = 4 * l; e < 4 * l + 4; e++) {
+					s0 += (q[e] & 0xF) * y[e];
+					s1 += (q[e] >> 4) * y[e + 32];
+				}
+				si[l] += sc0 * s0 + sc1 * s1;
 			}
-			si += sc0 * s0 + sc1 * s1;
-			sm += m0 * (x[b].bsums[4 * j] + x[b].bsums[4 * j + 1]) +
-			      m1 * (x[b].bsums[4 * j + 2] + x[b].bsums[4 * j + 3]);
+			const int32_t sm = m0 * (x[b].bsums[4 * j] + x[b].bsums[4 * j + 1]) +
+					   m1 * (x[b].bsums[4 * j + 2] + x[b].bsums[4 * j + 3]);
+			accm[j] = fmaf(dmin, (float)sm, accm[j]);
 			q += 32;
 			y += 64;
 		}
-		float d = x[b].d * rt_k_h2f(w[b].d);
-		float dmin = x[b].d * rt_k_h2f(w[b].dmin);
-		sum += d * (float)si - dmin * (float)sm;
+		for (int l = 0; l < 8; l++)
+			acc[l] = fmaf(d, (float)si[l], acc[l]);
 	}
-	return sum;
+	return hsum8_scalar(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
 }
 
+/* ggml_vec_dot_q6_K_q8_K (AVX2): unsigned 6-bit quants, lane l of each
+ * 32-value chunk c the int sum of its elements 4l..4l+3 times the chunk's
+ * scale (lanes 0-3: scale 2c, 4-7: 2c+1); the -32 offset per lane from the
+ * Q8_K sums (32 * (bsums[2l] sc[2l] + bsums[2l+1] sc[2l+1])); one FMA per
+ * lane and block, hsum8. */
 static float dot_q6_k_scalar(int64_t n, const void *wv, const void *xv)
 {
 	const struct rt_block_q6_k *w = wv;
 	const struct rt_block_q8_k *x = xv;
-	float sum = 0;
+	float acc[8] = {0};
 	for (int64_t b = 0; b < n / RT_QK_K; b++) {
-		const uint8_t *ql = w[b].ql, *qh = w[b].qh;
-		const int8_t *sc = w[b].scales, *y = x[b].qs;
-		int32_t si = 0;
+		int32_t si[8] = {0};
 		for (int h = 0; h < 2; h++) {
-			int32_t g[8] = {0};
-			for (int l = 0; l < 32; l++) {
-				int is = l / 16;
-				int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-				int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-				int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-				int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-				g[is + 0] += q1 * y[l];
-				g[is + 2] += q2 * y[l + 32];
-				g[is + 4] += q3 * y[l + 64];
-				g[is + 6] += q4 * y[l + 96];
+			const uint8_t *ql = w[b].ql + 64 * h, *qh = w[b].qh + 32 * h;
+			const int8_t *sc = w[b].scales + 8 * h, *y = x[b].qs + 128 * h;
+			for (int c = 0; c < 4; c++) {
+				for (int l = 0; l < 8; l++) {
+					int32_t s = 0;
+					for (int e = 4 * l; e < 4 * l + 4; e++) {
+						const uint8_t lo = c & 1 ? ql[e + 32] : ql[e];
+						const int q = ((c < 2 ? lo & 0xF : lo >> 4) |
+							       (((qh[e] >> (2 * c)) & 3) << 4));
+						s += q * y[32 * c + e];
+					}
+					si[l] += sc[2 * c + (l >= 4)] * s;
+				}
 			}
-			for (int k = 0; k < 8; k++)
-				si += sc[k] * g[k];
-			ql += 64;
-			qh += 32;
-			sc += 8;
-			y += 128;
 		}
-		sum += x[b].d * rt_k_h2f(w[b].d) * (float)si;
+		for (int l = 0; l < 8; l++)
+			si[l] -= 32 * (x[b].bsums[2 * l] * w[b].scales[2 * l] +
+				       x[b].bsums[2 * l + 1] * w[b].scales[2 * l + 1]);
+		const float d = x[b].d * rt_k_h2f(w[b].d);
+		for (int l = 0; l < 8; l++)
+			acc[l] = fmaf(d, (float)si[l], acc[l]);
 	}
-	return sum;
+	return hsum8_scalar(acc);
 }
 
 /* x86 AVX2 semantics of ggml's quantize_row_q8_0: id = 127/amax, ties to even. */
@@ -651,6 +699,8 @@ void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int
 		int64_t rb = (int64_t)(MM_ROW_BLOCK_BYTES / (row_bytes ? row_bytes : 1));
 		if (rb < 1)
 			rb = 1;
+		if (rb > 4)
+			rb &= ~(int64_t)3; /* whole groups for dotr4 */
 		for (int64_t rb0 = r0; rb0 < r1; rb0 += rb) {
 			int64_t rb1 = rb0 + rb < r1 ? rb0 + rb : r1;
 			int64_t t = t0;
@@ -665,10 +715,16 @@ void rt_k_matmul(uint32_t wtype, const void *w, size_t row_bytes, int64_t n, int
 					}
 				}
 			}
-			for (; t < t1; t++)
-				for (int64_t r = rb0; r < rb1; r++)
+			for (; t < t1; t++) {
+				int64_t r = rb0;
+				if (wtype == RT_GGML_TYPE_Q4_K && k->dotr4_q4_k)
+					for (; r + 4 <= rb1; r += 4) /* 4 rows per call, bitwise as one */
+						k->dotr4_q4_k(n, wb + (size_t)r * row_bytes, row_bytes,
+							      xb + (size_t)t * xq_stride, y + t * ldy + r);
+				for (; r < rb1; r++)
 					y[t * ldy + r] = vec_dot(k, wtype, n, wb + (size_t)r * row_bytes,
 								 xb + (size_t)t * xq_stride);
+			}
 		}
 	}
 }

@@ -412,6 +412,136 @@ AVX2_FN static void dot4_q4_k(int64_t n, const void *wv, const void *xv, size_t 
 		out[k] = hsum8(acc[k]) + hsum4(acc_m[k]);
 }
 
+/* The 12 packed bytes of two blocks (A in the low, B in the high 128 bits)
+ * -> per 128-bit lane the 16 bytes of q4k_scales (8 scales, 8 mins). Reads
+ * 16 bytes from each (the block's quants follow its scales). */
+AVX2_INLINE __m256i q4k_scales2(const uint8_t *a, const uint8_t *b)
+{
+	const __m256i v = _mm256_inserti128_si256(
+		_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+		_mm_loadu_si128((const __m128i *)b), 1);
+	/* dwords: p = [u0, u2, u1, u2], q = [u0, u0, u1, u1] */
+	const __m256i p = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
+	const __m256i q = _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));
+	const __m256i m1 = _mm256_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0, 0x3f3f3f3f,
+					     0x0f0f0f0f, 0x3f3f3f3f, 0);
+	const __m256i m2 = _mm256_setr_epi32(0, 0, 0, 0x0f0f0f0f, 0, 0, 0, 0x0f0f0f0f);
+	const __m256i m3 = _mm256_setr_epi32(0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0,
+					     0x30303030);
+	return _mm256_or_si256(_mm256_or_si256(_mm256_and_si256(p, m1),
+					       _mm256_and_si256(_mm256_srli_epi32(p, 4), m2)),
+			       _mm256_and_si256(_mm256_srli_epi32(q, 2), m3));
+}
+
+/* hsum8 of A, B, C, D as [A, B, C, D] (each lane bitwise hsum8). */
+AVX2_INLINE __m128 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+	/* t = lanes l + l+4: [tA | tB], [tC | tD] */
+	const __m256 tab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+	const __m256 tcd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+	/* (t0 + t2, t1 + t3): [A A C C | B B D D] */
+	const __m256 u = _mm256_add_ps(_mm256_shuffle_ps(tab, tcd, _MM_SHUFFLE(1, 0, 1, 0)),
+				       _mm256_shuffle_ps(tab, tcd, _MM_SHUFFLE(3, 2, 3, 2)));
+	/* (t0 + t2) + (t1 + t3): [A C A C | B D B D] */
+	const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(u, u, _MM_SHUFFLE(2, 0, 2, 0)),
+				       _mm256_shuffle_ps(u, u, _MM_SHUFFLE(3, 1, 3, 1)));
+	return _mm_unpacklo_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* hsum4 of the four 128-bit halves of [A | B], [C | D] as [A, B, C, D]. */
+AVX2_INLINE __m128 hsum4x4(__m256 ab, __m256 cd)
+{
+	/* (x0 + x2, x1 + x3): [A A C C | B B D D] */
+	const __m256 u = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+				       _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+	const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(u, u, _MM_SHUFFLE(2, 0, 2, 0)),
+				       _mm256_shuffle_ps(u, u, _MM_SHUFFLE(3, 1, 3, 1)));
+	return _mm_unpacklo_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* One block of two rows A, B of dotr4_q4_k: their scaled integer sums
+ * (the lanes of dot_q4_k's sumi) into SUMI_A, SUMI_B, their minimum terms
+ * into ACC_M (A in the low, B in the high 128 bits). */
+AVX2_INLINE void q4k_pair(const struct rt_block_q4_k *wa, const struct rt_block_q4_k *wb,
+			  const struct rt_block_q8_k *x, __m256i q8s2, __m256 *acc_m,
+			  __m256i *sumi_a, __m256i *sumi_b)
+{
+	const __m256i m4 = _mm256_set1_epi8(0xF);
+	const __m256i sm = q4k_scales2(wa->scales, wb->scales);
+	const __m256 dmin = _mm256_set_m128(_mm_set1_ps(-x->d * h2f(wb->dmin)),
+					    _mm_set1_ps(-x->d * h2f(wa->dmin)));
+	/* mins of A | mins of B as int16, times the sub-block sums */
+	const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi64(_mm256_castsi256_si128(sm),
+								      _mm256_extracti128_si256(sm, 1)));
+	*acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, q8s2)), *acc_m);
+	const __m128i sca = _mm_cvtepu8_epi16(_mm256_castsi256_si128(sm));
+	const __m128i scb = _mm_cvtepu8_epi16(_mm256_extracti128_si256(sm, 1));
+	const __m256i scales_a = _mm256_set_m128i(sca, sca), scales_b = _mm256_set_m128i(scb, scb);
+	__m256i sa = _mm256_setzero_si256(), sb = _mm256_setzero_si256();
+	_Pragma("GCC unroll 4")
+	for (int j = 0; j < RT_QK_K / 64; j++) {
+		const __m256i shl = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j)));
+		const __m256i shh = _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1)));
+		const __m256i q8l = _mm256_loadu_si256((const __m256i *)(x->qs + 64 * j));
+		const __m256i q8h = _mm256_loadu_si256((const __m256i *)(x->qs + 64 * j + 32));
+		const __m256i qa = _mm256_loadu_si256((const __m256i *)(wa->qs + 32 * j));
+		const __m256i qb = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * j));
+		__m256i pl = _mm256_madd_epi16(_mm256_shuffle_epi8(scales_a, shl),
+					       _mm256_maddubs_epi16(_mm256_and_si256(qa, m4), q8l));
+		__m256i ph = _mm256_madd_epi16(_mm256_shuffle_epi8(scales_a, shh),
+					       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), q8h));
+		sa = _mm256_add_epi32(sa, _mm256_add_epi32(pl, ph));
+		pl = _mm256_madd_epi16(_mm256_shuffle_epi8(scales_b, shl),
+				       _mm256_maddubs_epi16(_mm256_and_si256(qb, m4), q8l));
+		ph = _mm256_madd_epi16(_mm256_shuffle_epi8(scales_b, shh),
+				       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), q8h));
+		sb = _mm256_add_epi32(sb, _mm256_add_epi32(pl, ph));
+	}
+	*sumi_a = sa;
+	*sumi_b = sb;
+}
+
+#ifndef Q4K_PF_DIST
+#define Q4K_PF_DIST 8
+#endif
+/* Four weight rows RS bytes apart against one Q8_K activation row: OUT[k]
+ * bitwise dot_q4_k(row k) (the same float operations per row: one FMA per
+ * block into 8 lanes, the mins into 4, hsum8 + hsum4; only the exact
+ * integer sums and the shared activation work are rearranged). */
+AVX2_FN static void dotr4_q4_k(int64_t n, const void *wv, size_t rs, const void *xv, float *out)
+{
+	const struct rt_block_q8_k *x = xv;
+	const struct rt_block_q4_k *w0 = wv;
+	const struct rt_block_q4_k *w1 = (const void *)((const uint8_t *)wv + rs);
+	const struct rt_block_q4_k *w2 = (const void *)((const uint8_t *)wv + 2 * rs);
+	const struct rt_block_q4_k *w3 = (const void *)((const uint8_t *)wv + 3 * rs);
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+	__m256 accm01 = acc0, accm23 = acc0; /* rows 0 | 1, 2 | 3 */
+	/* The 4 rows are 4 * RS contiguous bytes: prefetch, as one stream, the
+	 * 4 rows Q4K_PF_DIST rows ahead (two calls on), 4 blocks' worth per
+	 * block; the hardware prefetchers miss the row-interleaved loads (+30%
+	 * decode speed when the weights are not in cache). Past the matrix's
+	 * end this only touches addresses: prefetches never fault. */
+	const uintptr_t pf = (uintptr_t)wv + Q4K_PF_DIST * rs;
+	for (int64_t b = 0; b < n / RT_QK_K; b++) {
+		_Pragma("GCC unroll 9")
+		for (int i = 0; i < 4 * (int)sizeof(struct rt_block_q4_k); i += 64)
+			_mm_prefetch((const char *)(pf + (uintptr_t)b * 4 * sizeof(struct rt_block_q4_k) + (uintptr_t)i),
+				     _MM_HINT_T0);
+		const __m256i bs = _mm256_loadu_si256((const __m256i *)x[b].bsums);
+		const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+		const __m256i q8s2 = _mm256_set_m128i(q8s, q8s);
+		__m256i s0, s1, s2, s3;
+		q4k_pair(w0 + b, w1 + b, x + b, q8s2, &accm01, &s0, &s1);
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(x[b].d * h2f(w0[b].d)), _mm256_cvtepi32_ps(s0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(x[b].d * h2f(w1[b].d)), _mm256_cvtepi32_ps(s1), acc1);
+		q4k_pair(w2 + b, w3 + b, x + b, q8s2, &accm23, &s2, &s3);
+		acc2 = _mm256_fmadd_ps(_mm256_set1_ps(x[b].d * h2f(w2[b].d)), _mm256_cvtepi32_ps(s2), acc2);
+		acc3 = _mm256_fmadd_ps(_mm256_set1_ps(x[b].d * h2f(w3[b].d)), _mm256_cvtepi32_ps(s3), acc3);
+	}
+	_mm_storeu_ps(out, _mm_add_ps(hsum8x4(acc0, acc1, acc2, acc3), hsum4x4(accm01, accm23)));
+}
+
 /* ------------------------------------------------------- swiglu (exp) */
 
 /* ggml's ggml_v_expf (x86 AVX2+FMA, MIT licence, same op sequence): the
@@ -676,6 +806,7 @@ const struct rt_kfuncs rt_kfuncs_avx2 = {
 	.dot4_q8_0 = dot4_q8_0,
 	.dot4_q4_0 = dot4_q4_0,
 	.dot4_q4_k = dot4_q4_k,
+	.dotr4_q4_k = dotr4_q4_k,
 	.dot4_q6_k = dot4_q6_k,
 	.quant_q8_0 = quant_q8_0,
 	.f32_to_f16 = f32_to_f16,

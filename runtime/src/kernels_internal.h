@@ -32,6 +32,9 @@ struct rt_kfuncs {
 			  float *out);
 	void (*dot4_q6_k)(int64_t n, const void *w, const void *x, size_t xs, const float *xd,
 			  float *out);
+	/* Optional: 4 weight rows RS bytes apart against one activation row:
+	 * OUT[k] bitwise equal to dot_q4_k(row k) (the single-token matmul). */
+	void (*dotr4_q4_k)(int64_t n, const void *w, size_t rs, const void *x, float *out);
 	/* Optional: Y[t * ldy + r] = dot(W row r, X t) over rows [0, NR) and
 	 * tokens [0, NT), bitwise equal to dot_f32 per pair. */
 	void (*gemm_f32)(int64_t n, const float *w, size_t ws, int64_t nr, const float *x,

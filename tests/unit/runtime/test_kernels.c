@@ -299,10 +299,48 @@ static void test_scalar_vs_simd(void **state)
 		rt_kernels_force_scalar(false);
 		float b = rt_k_vec_dot(type, n, w, xq);
 		assert_true(fabsf(a - b) <= 1e-4f * (fabsf(a) + 1.0f));
+		/* the scalar dots follow the AVX2 (llama.cpp x86) lane orders, so
+		 * armhf computes llama.cpp's x86 sums: bitwise equal there */
+		if (rt_kernels_best_isa() == RT_ISA_AVX2)
+			assert_memory_equal(&a, &b, sizeof(a));
 		free(xq);
 		free(w);
 	}
 	free(x);
+}
+
+/* A batch of tokens through rt_k_matmul (F32: tinyBLAS's one-accumulator
+ * order; quantized: the dot4 kernels): scalar == AVX2, bitwise. */
+static void test_scalar_matmul_bitwise(void **state)
+{
+	(void)state;
+	if (rt_kernels_best_isa() != RT_ISA_AVX2)
+		skip();
+	for (size_t t = 0; t < FL_ARRAY_SIZE(k_types); t++) {
+		uint32_t type = k_types[t];
+		const int64_t n = 512, rows = 7, nt = 9;
+		uint8_t *w = make_weights(type, rows, n, false);
+		const size_t rb = rt_k_row_bytes(type, n), xs = rt_k_row_bytes(rt_k_dot_type(type), n);
+		uint8_t *xq = malloc(xs * (size_t)nt);
+		float *x = malloc((size_t)n * sizeof(float));
+		float *ya = calloc((size_t)(rows * nt), sizeof(float));
+		float *yb = calloc((size_t)(rows * nt), sizeof(float));
+		assert_true(w && xq && x && ya && yb);
+		for (int64_t i = 0; i < nt; i++) {
+			fill_f(x, n, 1.0f);
+			rt_k_quantize_act(type, x, xq + (size_t)i * xs, n);
+		}
+		rt_kernels_force_scalar(true);
+		rt_k_matmul(type, w, rb, n, 0, rows, xq, xs, nt, ya, rows);
+		rt_kernels_force_scalar(false);
+		rt_k_matmul(type, w, rb, n, 0, rows, xq, xs, nt, yb, rows);
+		assert_memory_equal(ya, yb, sizeof(float) * (size_t)(rows * nt));
+		free(yb);
+		free(ya);
+		free(x);
+		free(xq);
+		free(w);
+	}
 }
 
 static void matmul_case(void)
@@ -748,6 +786,62 @@ static void test_rope(void **state)
 	assert_memory_equal(x, y, sizeof(x));
 }
 
+/* Decode (one token) runs Q4_K rows 4 per call (dotr4_q4_k on AVX2): every
+ * row's result must be bitwise the single-row dot's, for row ranges of every
+ * length and offset mod 4, several n, quantizer and raw (all bit patterns of
+ * scales and quants) weights. */
+static void multirow_q4k_case(void)
+{
+	static const int64_t ns[] = {256, 512, 768, 2816};
+	for (size_t in = 0; in < FL_ARRAY_SIZE(ns); in++) {
+		const int64_t n = ns[in];
+		for (int raw = 0; raw < 2; raw++) {
+			enum { ROWS = 19, NT = 3 };
+			uint8_t *w = make_weights(RT_GGML_TYPE_Q4_K, ROWS, n, raw);
+			const size_t rb = rt_k_row_bytes(RT_GGML_TYPE_Q4_K, n);
+			const size_t xs = rt_k_row_bytes(RT_GGML_TYPE_Q8_K, n);
+			uint8_t *xq = malloc(xs * NT);
+			float *x = malloc((size_t)n * sizeof(float));
+			float y[NT * ROWS];
+			assert_non_null(xq);
+			assert_non_null(x);
+			for (int t = 0; t < NT; t++) {
+				fill_f(x, n, t == 2 ? 100.0f : 1.0f);
+				rt_k_quantize_act(RT_GGML_TYPE_Q4_K, x, xq + (size_t)t * xs, n);
+			}
+			for (int r0 = 0; r0 < 4; r0++)
+				for (int r1 = r0; r1 <= ROWS; r1 += 1 + (r1 > 9)) {
+					for (int nt = 1; nt <= NT; nt += NT - 1) {
+						for (size_t i = 0; i < FL_ARRAY_SIZE(y); i++)
+							y[i] = -7.0f;
+						rt_k_matmul(RT_GGML_TYPE_Q4_K, w, rb, n, r0, r1, xq, xs, nt, y, ROWS);
+						for (int t = 0; t < nt; t++)
+							for (int r = 0; r < ROWS; r++) {
+								float want = r >= r0 && r < r1
+										     ? rt_k_vec_dot(RT_GGML_TYPE_Q4_K, n,
+												    w + (size_t)r * rb,
+												    xq + (size_t)t * xs)
+										     : -7.0f;
+								if (memcmp(&want, &y[t * ROWS + r], sizeof(float)) != 0)
+									fail_msg("n %lld raw %d rows [%d, %d) token %d row %d: %a vs %a",
+										 (long long)n, raw, r0, r1, t, r,
+										 (double)y[t * ROWS + r], (double)want);
+							}
+					}
+				}
+			free(x);
+			free(xq);
+			free(w);
+		}
+	}
+}
+
+static void test_multirow_q4k(void **state)
+{
+	(void)state;
+	run_isas(multirow_q4k_case);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -755,12 +849,14 @@ int main(void)
 		cmocka_unit_test(test_type_info),
 		cmocka_unit_test(test_dot_all_types),
 		cmocka_unit_test(test_scalar_vs_simd),
+		cmocka_unit_test(test_scalar_matmul_bitwise),
 		cmocka_unit_test(test_matmul),
 		cmocka_unit_test(test_elementwise),
 		cmocka_unit_test(test_rope),
 		cmocka_unit_test(test_ggml_order),
 		cmocka_unit_test(test_attn_pv),
 		cmocka_unit_test(test_repack_order),
+		cmocka_unit_test(test_multirow_q4k),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
