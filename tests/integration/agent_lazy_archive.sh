@@ -38,7 +38,6 @@ mapped() { grep -q 'libarchive\.so' "/proc/$svc/maps"; }
 sleep 0.5
 check "an idle agent (trust store read) does not map libarchive" bash -c "! grep -q 'libarchive\.so' /proc/$svc/maps"
 
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 served() { [ "$(curl -s -m 5 -H 'Authorization: Bearer s3cret' "http://127.0.0.1:$port/v1/status" | jq -r '.models.tiny.version // empty')" = 1.0 ]; }
 cp "$tmp/v1.tar" "$S/spool/.v1.part" && mv "$S/spool/.v1.part" "$S/spool/v1.tar"
 check "a spooled bundle installs and is served" wait_for 60 served

@@ -193,14 +193,7 @@ chaos_api_up() { chaos_in "$1" curl -s -m 2 -o /dev/null "http://127.0.0.1:$(cha
 # The local API's port: 8080 inside a namespace (its own loopback), else a
 # free one picked at random when the config is written (CHAOS_PORT[ID]).
 chaos_port() { echo "${CHAOS_PORT[$1]:-8080}"; }
-chaos_pick_port() { # ID
-  local p _
-  for _ in $(seq 20); do
-    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null || { CHAOS_PORT[$1]=$p; return 0; }
-  done
-  return 1
-}
+chaos_pick_port() { CHAOS_PORT[$1]=$(free_port); } # ID: lib.sh free_port
 
 # chaos_generate ID [MODEL]: the local API answers a completion (some text,
 # at least one generated token). Prints the answer's text on stdout.

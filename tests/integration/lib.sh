@@ -22,6 +22,10 @@ finish() {
   [ "$fails" -eq 0 ]
 }
 
+# wait_for SECONDS COMMAND...: poll COMMAND every 0.2 s until it succeeds
+# (0) or SECONDS of wall time have passed (1).
+wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
+
 # A TCP port for a test's listener on 127.0.0.1: below the kernel's
 # ephemeral range (32768-60999 here), where other tests' outgoing
 # connections never take one, and not listening now.

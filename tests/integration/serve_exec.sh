@@ -117,7 +117,6 @@ jq -n --arg c "$created" --arg e "$expires" --arg p "$tmp/bin/fakesrv" --arg d "
   acceptance: [{name: "answers", prompt: "Hello", max_tokens: 4, expect: "fine"}]}' >"$tmp/tf.json"
 "$FLOTILLA" bundle create --template "$tmp/tf.json" --key "$tmp/keys/release.pem" -o "$tmp/vf.tar" "$tmp/m/model.gguf" >/dev/null
 check "exec bundle with the fake server built" test -s "$tmp/vf.tar"
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 port=$(free_port)
 URL=http://127.0.0.1:$port
 api() { curl -s -m 30 "$@"; }
@@ -223,7 +222,6 @@ jq -n --arg c "$created" --arg e "$expires" --arg ls "$LS" --arg g "$GRAMMAR" '{
 check "exec bundle built" test -s "$tmp/v1.tar"
 
 # llama-server's own answer, to compare the proxied one with
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 for _ in 1 2 3 4 5; do # a random port may be taken: try another
   rport=$(free_port)
   "$LS" -m "$tmp/m/model.gguf" --host 127.0.0.1 --port "$rport" -t 1 -c 256 -np 1 >"$tmp/ref.log" 2>&1 &

@@ -79,7 +79,6 @@ printf '[agent]\nstate_dir = %s\ntrust_dir = %s\n[serve]\nlisten = 127.0.0.1:%s\
 svc=$!
 URL=http://127.0.0.1:$port
 api() { curl -s -m 20 "$@"; }
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 field() { api "$URL/v1/status" | jq -r ".models.tiny.$1 // empty"; }
 served() { [ "$(field version)" = 1.0 ] && [ "$(field runner)" = ready ]; }
 other_field() { api "$URL/v1/status" | jq -r ".models.other.$1 // empty"; }

@@ -70,7 +70,6 @@ svc=$!
 URL=http://127.0.0.1:$port
 api() { curl -s -m 20 "$@"; }
 spool() { cp "$1" "$S/spool/.$2.part" && touch -d '-1 min' "$S/spool/.$2.part" && mv "$S/spool/.$2.part" "$S/spool/$2"; }
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 field() { api "$URL/v1/status" | jq -r ".models.tiny.$1 // empty"; }
 served() { [ "$(field version)" = "$1" ]; }
 in_trial() { [ "$(field version) $(field state)" = "$1 TRIAL" ]; }

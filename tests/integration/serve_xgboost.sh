@@ -85,7 +85,6 @@ URL=http://127.0.0.1:$port
 api() { curl -s -m 20 "$@"; }
 # spool: the file dated back so the spool does not wait for it to settle
 spool() { cp "$1" "$S/spool/.$2.part" && touch -d '-1 min' "$S/spool/.$2.part" && mv "$S/spool/.$2.part" "$S/spool/$2"; }
-wait_for() { local end=$((SECONDS + $1)); shift; while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done; return 1; }
 served() { [ "$(api "$URL/v1/status" | jq -r '.models.fraud.version // empty')" = "$1" ]; }
 jqe() { jq -e "$@" >/dev/null; }
 
